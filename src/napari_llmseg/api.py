@@ -1,0 +1,433 @@
+"""``segment()``: the one headless entry point.
+
+:func:`iter_segment` is the same run as a generator that yields :class:`Progress` after every
+batch and returns the :class:`SegmentationResult`; the napari widget drives it from a worker
+thread, :func:`segment` drains it and calls ``progress``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .engine.normalize import IntensityStats, compute_stats
+from .engine.resume import OutputStore, check_output_path
+from .engine.stream import MemorySink, Progress, RunInfo, label_dtype, run
+from .engine.windows import MIN_ROI, BlendMode, WindowPlan, importance_map
+from .io.image import open_image
+
+#: Output chunk edge along the tiled axes.
+DEFAULT_CHUNK = 256
+
+
+@dataclass
+class SegmentationResult:
+    """Output of :func:`segment`.
+
+    Attributes
+    ----------
+    probabilities : (P, *spatial) float32 array
+        Per-prompt probabilities; a numpy array, or a zarr array when ``out=`` was given.
+    labels : (*spatial) uint8 or uint16 array
+        0 for background, ``i`` for ``prompts[i - 1]``.
+    label_names : dict of int to str
+        ``{i: prompt}``.
+    prompts : list of str
+    out : Path or None
+        The zarr store holding the result, if any.
+    complete : bool
+        False when the run was cancelled; with ``out=`` it can be resumed.
+    info : RunInfo
+        Windows and batches run, time spent in the model, chunks written.
+    stats : IntensityStats
+        The whole-input intensity statistics the model saw.
+    metadata : dict
+        Parameters and provenance, as recorded in the store.
+    """
+
+    probabilities: Any
+    labels: Any
+    label_names: dict[int, str]
+    prompts: list[str]
+    out: Path | None
+    complete: bool
+    info: RunInfo
+    stats: IntensityStats
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def cancelled(self) -> bool:
+        return not self.complete
+
+    def summary(self) -> list[str]:
+        """One line per prompt: labelled voxels and fraction of the image."""
+        labels = self.labels
+        total = math.prod(labels.shape)
+        counts = np.zeros(len(self.prompts) + 1, dtype=np.int64)
+        # Count chunk by chunk so that a zarr-backed result is never loaded whole.
+        step = max(1, (1 << 24) // max(1, math.prod(labels.shape[1:])))
+        for i in range(0, labels.shape[0], step):
+            block = np.asarray(labels[i : i + step])
+            counts += np.bincount(block.ravel(), minlength=len(counts))[: len(counts)]
+        return [
+            f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
+            for i, name in self.label_names.items()
+        ]
+
+
+class _BackendPredictor:
+    """Adapts a PromptSegmenter to the engine's Predictor protocol."""
+
+    def __init__(self, backend, prompts: list[str], stats: IntensityStats) -> None:
+        self.backend, self.stats = backend, stats
+        self.encoded = backend.encode_prompts(prompts)
+        self.n_outputs = len(prompts)
+
+    def pad_value(self) -> np.ndarray:
+        return self.backend.pad_value(self.stats)
+
+    def prepare(self, raw: np.ndarray) -> Any:
+        return self.backend.preprocess(raw, self.stats)
+
+    def predict(self, prepared: Any) -> np.ndarray:
+        return np.asarray(self.backend.predict(prepared, self.encoded), dtype=np.float32)
+
+
+class _CallablePredictor:
+    """A plain ``f(batch, prompts) -> logits`` callable: raw float32 input, no normalisation."""
+
+    def __init__(self, fn: Callable, prompts: list[str], n_channels: int, device) -> None:
+        self.fn, self.prompts, self.device = fn, prompts, device
+        self.n_outputs = len(prompts)
+        self._pad = np.zeros(n_channels, dtype=np.float32)
+
+    def pad_value(self) -> np.ndarray:
+        return self._pad  # MONAI pads with 0
+
+    def prepare(self, raw: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(raw).to(self.device)
+
+    def predict(self, prepared: Any) -> np.ndarray:
+        out = self.fn(prepared, self.prompts)
+        if hasattr(out, "detach"):
+            out = out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+
+def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty string or list of strings, got {prompts!r}")
+    out = []
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"every prompt must be a string, got {p!r} ({type(p).__name__})")
+        if not p.strip():
+            raise ValueError(f"prompts must not be empty or blank, got {p!r}")
+        out.append(p.strip())
+    dupes = sorted({p for p in out if out.count(p) > 1})
+    if dupes:
+        raise ValueError(
+            f"each prompt must be given once; repeated: {', '.join(map(repr, dupes))}"
+        )
+    return out
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float, *, hi_open: bool) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    ok = lo <= v < hi if hi_open else lo <= v <= hi
+    if not ok or math.isnan(v):
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
+    return v
+
+
+def _roi_tuple(roi_size: Any, default: int, dims: int) -> tuple[int, ...]:
+    roi = default if roi_size is None else roi_size
+    roi = (roi,) * dims if np.isscalar(roi) else tuple(roi)
+    if len(roi) != dims or not all(isinstance(r, (int, np.integer)) for r in roi):
+        raise ValueError(f"roi_size must be an int or {dims} ints, got {roi_size!r}")
+    if any(r < MIN_ROI for r in roi):
+        raise ValueError(f"roi_size must be at least {MIN_ROI} pixels, got {roi_size!r}")
+    return tuple(int(r) for r in roi)
+
+
+def _resolve_model(model: Any, device: str):
+    """-> (backend or None, callable or None, description dict)."""
+    from .backends.base import PromptSegmenter
+    from .backends.registry import get_model
+
+    if isinstance(model, PromptSegmenter):
+        return model, None, model.describe()
+    if model is None or isinstance(model, (str, Path)):
+        backend = get_model(model, device=device)
+        return backend, None, backend.describe()
+    if callable(model):
+        name = getattr(model, "__qualname__", type(model).__name__)
+        return (
+            None,
+            model,
+            {"name": "callable", "callable": f"{getattr(model, '__module__', '')}.{name}"},
+        )
+    raise TypeError(
+        "model must be None, a model name, a folder path, a backend object or a callable "
+        f"f(batch, prompts) -> logits; got {type(model).__name__}"
+    )
+
+
+def iter_segment(
+    image: Any,
+    prompts: str | Sequence[str],
+    *,
+    model: Any = None,
+    roi_size: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    threshold: float = 0.5,
+    device: str = "auto",
+    channel_axis: int | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    cancel: threading.Event | None = None,
+    chunks: int | None = None,
+) -> Generator[Progress, None, SegmentationResult]:
+    """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult."""
+    from .device import resolve_device
+
+    prompts = _check_prompts(prompts)
+    overlap = _check_number("overlap", overlap, 0.0, 1.0, hi_open=True)
+    threshold = _check_number("threshold", threshold, 0.0, 1.0, hi_open=False)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    try:
+        blend_mode = BlendMode(blend)
+    except ValueError:
+        raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}") from None
+    torch_device = resolve_device(device)
+    source = open_image(image, channel_axis=channel_axis)
+    backend, fn, model_desc = _resolve_model(model, str(torch_device))
+    if backend is not None:
+        backend.check_channels(source.n_channels)
+    dims = backend.spatial_dims if backend is not None else 2
+    roi = _roi_tuple(roi_size, backend.default_roi if backend is not None else 256, dims)
+    shape = source.spatial_shape
+    if len(shape) < dims:
+        raise ValueError(f"a {dims}D model needs at least {dims} spatial axes, image has {shape}")
+    n_lead = len(shape) - dims
+    chunk_edge = DEFAULT_CHUNK if chunks is None else int(chunks)
+    out_chunks = (1,) * n_lead + tuple(min(chunk_edge, s) for s in shape[n_lead:])
+    plan = WindowPlan(shape, roi, overlap, out_chunks)
+
+    attrs = {
+        "version": __version__,
+        "prompts": prompts,
+        "label_names": {str(i + 1): p for i, p in enumerate(prompts)},
+        "model": model_desc,
+        "input": source.name,
+        "input_shape": list(shape),
+        "input_dtype": str(source.dtype),
+        "channel_axis": channel_axis,
+        "roi_size": list(roi),
+        "overlap": overlap,
+        "batch_size": int(batch_size),
+        "blend": blend_mode.value,
+        "threshold": threshold,
+        "chunks": list(out_chunks),
+        "source_metadata": {k: v for k, v in source.metadata.items() if _is_json(v)},
+    }
+
+    store = None
+    done = None
+    stats: IntensityStats | None = None
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        action = check_output_path(
+            out_path, input_path=source.path, overwrite=overwrite, resume=resume
+        )
+        if action == "resume":
+            store, stored = OutputStore.open_for_resume(out_path, attrs)
+            stats = IntensityStats.from_dict(stored["stats"])
+            done = store.done_grid()
+    if stats is None:
+        stats = compute_stats(source)
+    attrs["stats"] = stats.to_dict()
+    if out_path is not None and store is None:
+        store = OutputStore.create(
+            out_path,
+            shape=shape,
+            n_outputs=len(prompts),
+            chunks=out_chunks,
+            grid=plan.grid,
+            n_lead=n_lead,
+            label_dtype=label_dtype(len(prompts)),
+            attrs=attrs,
+            replace=action == "replace",
+        )
+    sink = (
+        store if store is not None else MemorySink(shape, len(prompts), label_dtype(len(prompts)))
+    )
+
+    if backend is not None:
+        predictor: Any = _BackendPredictor(backend, prompts, stats)
+    else:
+        predictor = _CallablePredictor(fn, prompts, source.n_channels, torch_device)
+    if store is not None:
+        store.update_attrs(status="running")
+    info = yield from run(
+        source,
+        predictor,
+        plan,
+        sink,
+        weights=importance_map(roi, blend_mode),
+        batch_size=int(batch_size),
+        threshold=threshold,
+        done=done,
+        cancel=cancel,
+    )
+    complete = not info.cancelled
+    if store is not None:
+        store.update_attrs(status="complete" if complete else "cancelled")
+        probabilities, labels, metadata = store.probabilities, store.labels, store.attrs
+    else:
+        probabilities, labels, metadata = sink.probabilities, sink.labels, attrs
+    return SegmentationResult(
+        probabilities=probabilities,
+        labels=labels,
+        label_names={i + 1: p for i, p in enumerate(prompts)},
+        prompts=prompts,
+        out=out_path,
+        complete=complete,
+        info=info,
+        stats=stats,
+        metadata=metadata,
+    )
+
+
+def segment(
+    image: Any,
+    prompts: str | Sequence[str],
+    *,
+    model: Any = None,
+    roi_size: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    threshold: float = 0.5,
+    device: str = "auto",
+    channel_axis: int | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+    cancel: threading.Event | None = None,
+    chunks: int | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` by text prompts with overlapping, gaussian-blended windows.
+
+    Parameters
+    ----------
+    image : array-like, str or PathLike
+        (Y, X[, C]) or (Z, Y, X[, C]) numpy, dask or zarr array, or a path to a ``.zarr``
+        store (plain array or OME-Zarr), a ``.tif``/``.tiff`` or a ``.npy`` file. Read lazily,
+        never written to.
+    prompts : str or list of str
+        What to segment, e.g. ``"nuclei"`` or ``["nuclei", "membrane"]``.
+    model : None, str, PathLike, PromptSegmenter or callable, optional
+        None for the embedded ``llmseg-tiny``; a name from :func:`list_models`; a local model
+        folder; a loaded backend; or ``f(batch, prompts) -> logits`` taking a float32 torch
+        tensor (B, C, H, W) of raw (un-normalised) pixels and returning (B, P, H, W).
+    roi_size : int or tuple of int, optional
+        Window size (default: the model's, 256 for llmseg-tiny); at least 16. Windows larger
+        than the image are padded, as in MONAI.
+    overlap : float
+        Overlap of neighbouring windows, in [0, 1).
+    batch_size : int
+        Windows per model call; windows of different planes share batches.
+    blend : {"gaussian", "constant"}
+        Weighting of overlapping windows (MONAI's ``mode``); logits are blended, then the
+        sigmoid is applied.
+    threshold : float
+        Probability above which a pixel is labelled; where several prompts pass, the most
+        probable wins.
+    device : str
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+    channel_axis : int, optional
+        Axis of ``image`` that holds channels; without it every axis is spatial.
+    out : str or PathLike, optional
+        Zarr store to write ``labels`` and ``probabilities`` to, chunk by chunk as they are
+        finished; without it the result is returned in memory.
+    resume : bool
+        Complete an interrupted run in ``out``: only chunks not yet written are computed,
+        and the result is identical to an uninterrupted run.
+    overwrite : bool
+        Replace an existing ``out`` (only a napari-llmseg store or an empty folder).
+    progress : callable, optional
+        Called as ``progress(done, total)`` with window counts after every batch.
+    cancel : threading.Event, optional
+        Set it (from another thread) to stop within one batch; finished chunks stay written
+        and ``out`` can be resumed.
+    chunks : int, optional
+        Output chunk edge along the window axes (default 256).
+
+    Returns
+    -------
+    SegmentationResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_llmseg import segment
+    >>> image = np.zeros((64, 64), dtype=np.float32); image[16:48, 16:48] = 1
+    >>> result = segment(image, "square", model=lambda x, p: (x - 0.5) * 20, roi_size=32)
+    >>> int(result.labels.sum()), result.label_names
+    (1024, {1: 'square'})
+    """
+    gen = iter_segment(
+        image,
+        prompts,
+        model=model,
+        roi_size=roi_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        blend=blend,
+        threshold=threshold,
+        device=device,
+        channel_axis=channel_axis,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+        cancel=cancel,
+        chunks=chunks,
+    )
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(step.done, step.total)
+
+
+def _is_json(value: Any) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

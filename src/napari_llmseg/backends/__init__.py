@@ -1,0 +1,1 @@
+"""Segmentation backends behind one interface (:class:`~.base.PromptSegmenter`)."""

@@ -1,0 +1,186 @@
+"""llmseg-tiny: the small text-conditioned segmentation model shipped inside the package.
+
+Architecture. A prompt-independent U-Net (BatchNorm, so predictions depend only on local
+content and blend without seams) turns a window into per-pixel features. The prompt's frozen
+MiniLM sentence embedding is mapped by a small MLP to a FiLM modulation (scale, shift) of those
+features and to the weights of a linear read-out, giving one logit map per prompt. The costly
+U-Net runs once per window whatever the number of prompts; each extra prompt costs only the
+per-pixel head.
+
+Weights are stored as safetensors next to a ``config.json`` that records the architecture, the
+input normalisation and how the weights were trained.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..engine.normalize import IntensityStats
+from .base import PromptSegmenter, require_safetensors
+from .text import EMBED_DIM, encode_texts
+
+MODEL_TYPE = "llmseg-tiny"
+WEIGHTS_DIR = Path(__file__).parent / "weights" / MODEL_TYPE
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int, n: int = 2) -> None:
+        layers: list[nn.Module] = []
+        for k in range(n):
+            layers += [
+                nn.Conv2d(cin if k == 0 else cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+        super().__init__(*layers)
+
+
+class TinySegNet(nn.Module):
+    """U-Net features + text-conditioned per-pixel head.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the normalised input (3; grayscale is repeated).
+    widths : sequence of int
+        Channels per U-Net level; the input must be divisible by ``2 ** (len(widths) - 1)``.
+    head_dim : int
+        Channels of the per-pixel features the prompt modulates.
+    text_dim : int
+        Size of the sentence embedding.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: Sequence[int] = (8, 16, 32, 64, 128),
+        head_dim: int = 16,
+        text_dim: int = EMBED_DIM,
+        text_hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        self.widths, self.head_dim = widths, head_dim
+        self.enc = nn.ModuleList(
+            _Block(in_channels if i == 0 else widths[i - 1], w) for i, w in enumerate(widths)
+        )
+        self.dec = nn.ModuleList(
+            _Block(widths[i + 1] + widths[i], widths[i], 1 if i == 0 else 2)
+            for i in range(len(widths) - 1)
+        )
+        self.proj = nn.Conv2d(widths[0], head_dim, 1)
+        self.text = nn.Sequential(
+            nn.Linear(text_dim, text_hidden), nn.ReLU(), nn.Linear(text_hidden, 3 * head_dim + 1)
+        )
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(self.widths) - 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Prompt-independent per-pixel features (B, head_dim, H, W)."""
+        skips = []
+        h = x
+        for i, block in enumerate(self.enc):
+            if i:
+                h = F.max_pool2d(h, 2)
+            h = block(h)
+            skips.append(h)
+        for i in range(len(self.dec) - 1, -1, -1):
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = self.dec[i](torch.cat([h, skips[i]], 1))
+        return self.proj(h)
+
+    def head(self, feats: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Logits (B, P, H, W) from features and P prompt embeddings (P, text_dim)."""
+        d = self.head_dim
+        p = self.text(text)
+        gamma, beta, w, bias = p[:, :d], p[:, d : 2 * d], p[:, 2 * d : 3 * d], p[:, 3 * d]
+        z = torch.relu(
+            feats[:, None] * (1 + gamma[None, :, :, None, None]) + beta[None, :, :, None, None]
+        )
+        return torch.einsum("bpchw,pc->bphw", z, w) + bias[None, :, None, None]
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x), text)
+
+
+def load_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in model folder '{folder}'")
+    return json.loads(path.read_text())
+
+
+class LLMSegTiny(PromptSegmenter):
+    """The embedded default model; see :mod:`napari_llmseg.backends.tiny`."""
+
+    name = MODEL_TYPE
+    default_roi = 256
+
+    def __init__(self, folder: Path | str | None = None, *, device: torch.device | str = "cpu"):
+        from safetensors.torch import load_file
+
+        self.folder = Path(folder) if folder is not None else WEIGHTS_DIR
+        self.config = load_config(self.folder)
+        if self.config.get("model_type") != MODEL_TYPE:
+            raise ValueError(
+                f"'{self.folder}' holds a {self.config.get('model_type')!r} model, "
+                f"not {MODEL_TYPE}"
+            )
+        require_safetensors(self.folder)
+        weights = self.folder / "model.safetensors"
+        arch = self.config["architecture"]
+        self.net = TinySegNet(
+            in_channels=arch["in_channels"],
+            widths=arch["widths"],
+            head_dim=arch["head_dim"],
+            text_hidden=arch.get("text_hidden", 256),
+        )
+        self.net.load_state_dict(load_file(weights))
+        self.device = torch.device(device)
+        self.net.to(self.device).eval()
+        self.default_roi = int(self.config.get("default_roi", self.default_roi))
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "folder": "embedded" if self.folder == WEIGHTS_DIR else str(self.folder),
+            "version": self.config.get("version"),
+        }
+
+    def check_channels(self, n_channels: int) -> None:
+        if n_channels not in (1, 3):
+            raise ValueError(
+                f"{self.name} takes 1 (grayscale) or 3 (RGB) channels, the image has "
+                f"{n_channels}; pass a single channel or an RGB composite"
+            )
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.from_numpy(encode_texts(prompts)).to(self.device)
+
+    def preprocess(self, windows: np.ndarray, stats: IntensityStats) -> torch.Tensor:
+        offset, inv = stats.scale()
+        shape = (1, -1) + (1,) * (windows.ndim - 2)
+        x = (windows - offset.reshape(shape)) * inv.reshape(shape)
+        if x.shape[1] == 1:
+            x = np.repeat(x, 3, axis=1)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+
+    def predict(self, batch: torch.Tensor, encoded: Any) -> np.ndarray:
+        h, w = batch.shape[-2:]
+        m = self.net.multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            batch = F.pad(batch, (0, pw, 0, ph), mode="replicate")
+        with torch.inference_mode():
+            logits = self.net(batch, encoded)[..., :h, :w]
+        return logits.float().cpu().numpy()

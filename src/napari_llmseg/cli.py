@@ -1,0 +1,175 @@
+"""Command line: ``napari-llmseg segment`` and ``napari-llmseg models``.
+
+Exit codes: 0 on success, 2 for bad arguments or input (one line naming the bad value),
+130 when interrupted with Ctrl-C (the output store can then be completed with --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+#: Errors that mean "the user gave something we cannot use": reported in one line, exit 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def _probability(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="napari-llmseg",
+        description="Text-prompted segmentation of images larger than memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,models}")
+
+    seg = sub.add_parser(
+        "segment",
+        help="segment an image by text prompts",
+        description="Segment INPUT (.zarr, .tif/.tiff, .npy) by text prompts; write labels and "
+        "probabilities to a zarr store.",
+        epilog="example: napari-llmseg segment sample_data/nuclei.tif -p nuclei -o nuclei.zarr",
+    )
+    seg.add_argument("input", help="image: a .zarr store, .tif/.tiff or .npy file")
+    seg.add_argument(
+        "-p",
+        "--prompt",
+        dest="prompts",
+        action="append",
+        required=True,
+        help="what to segment; repeat for several prompts",
+    )
+    seg.add_argument("-o", "--out", required=True, help="output zarr store (e.g. result.zarr)")
+    seg.add_argument("--model", default=None, help="model name or folder (default: llmseg-tiny)")
+    seg.add_argument(
+        "--roi", type=int, default=None, help="window size in pixels (default: the model's)"
+    )
+    seg.add_argument(
+        "--overlap",
+        type=_probability,
+        default=0.25,
+        help="window overlap in [0, 1) (default 0.25)",
+    )
+    seg.add_argument("--batch", type=int, default=4, help="windows per model call (default 4)")
+    seg.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
+    seg.add_argument(
+        "--threshold", type=_probability, default=0.5, help="probability threshold (default 0.5)"
+    )
+    seg.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)"
+    )
+    seg.add_argument(
+        "--channel-axis", type=int, default=None, help="axis holding channels, if any"
+    )
+    seg.add_argument("--chunks", type=int, default=None, help="output chunk edge (default 256)")
+    seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser(
+        "models", help="list the available models", description="List the available models."
+    )
+    return parser
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import threading
+
+    from tqdm import tqdm
+
+    from .api import segment
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = tqdm(
+                total=total, unit="win", desc="segmenting", file=sys.stderr, dynamic_ncols=True
+            )
+        bar.update(done - bar.n)
+
+    cancel = threading.Event()
+    try:
+        result = segment(
+            args.input,
+            args.prompts,
+            model=args.model,
+            roi_size=args.roi,
+            overlap=args.overlap,
+            batch_size=args.batch,
+            blend=args.blend,
+            threshold=args.threshold,
+            device=args.device,
+            channel_axis=args.channel_axis,
+            out=args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=progress,
+            cancel=cancel,
+            chunks=args.chunks,
+        )
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        print(
+            f"napari-llmseg: interrupted; finished chunks are in {args.out}, "
+            "complete them with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {result.out}")
+    for line in result.summary():
+        print(line)
+    return 0
+
+
+def _models() -> int:
+    from .backends.registry import list_models, model_info
+
+    rows = [("name", "default id", "instances", "weights local", "description")]
+    for name in list_models():
+        info = model_info(name)
+        rows.append(
+            (
+                info.name,
+                info.default_id,
+                "yes" if info.gives_instances else "no",
+                "yes" if info.available_offline else "no",
+                info.description,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-llmseg`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "segment":
+            return _segment(args)
+        return _models()
+    except USER_ERRORS as err:
+        print(f"napari-llmseg: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

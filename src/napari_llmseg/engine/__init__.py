@@ -1,0 +1,1 @@
+"""Streaming sliding-window engine: window maths, read/predict/blend/flush, resume."""

@@ -1,0 +1,127 @@
+"""Intensity statistics computed once for a whole input, never per window.
+
+Per-window min/max or percentile normalisation makes the same structure look different in
+neighbouring windows and leaves seams. The engine computes robust percentiles once, from a
+deterministic random sample of blocks spread over the whole input, and hands them to the
+backend with every batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..io.image import ImageSource
+
+#: Inputs with at most this many values are measured exactly, without sampling.
+EXACT_LIMIT = 1 << 24
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Robust intensity range of an input, per channel.
+
+    Attributes
+    ----------
+    low, high : tuple of float
+        The ``p_low`` and ``p_high`` percentiles of the finite values, one per channel.
+    p_low, p_high : float
+        Percentiles used.
+    n_values : int
+        Number of values per channel the percentiles were taken from.
+    exact : bool
+        True when every value of the input was used.
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    p_low: float = 1.0
+    p_high: float = 99.8
+    n_values: int = 0
+    exact: bool = True
+
+    def scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (offset, 1 / range): ``(x - offset) * inv`` maps low..high to 0..1."""
+        low = np.asarray(self.low, dtype=np.float32)
+        rng = np.asarray(self.high, dtype=np.float32) - low
+        return low, (1.0 / np.where(rng > 0, rng, 1.0)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IntensityStats:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _sample_blocks(source: ImageSource, max_blocks: int) -> list[tuple[slice, ...]]:
+    shape = source.spatial_shape
+    block = source.chunks or tuple([1] * (len(shape) - 2) + [256, 256])
+    # Keep each block modest even when the storage chunks are huge (e.g. whole planes).
+    block = tuple(min(b, s) for b, s in zip(block, shape, strict=True))
+    while math.prod(block) > (1 << 20):
+        ax = int(np.argmax(block))
+        block = tuple(b // 2 if i == ax else b for i, b in enumerate(block))
+    grid = tuple(math.ceil(s / b) for s, b in zip(shape, block, strict=True))
+    n = math.prod(grid)
+    rng = np.random.default_rng(0)  # fixed seed: the same input always gives the same stats
+    picks = np.sort(rng.choice(n, size=min(n, max_blocks), replace=False))
+    regions = []
+    for flat in picks:
+        idx = np.unravel_index(int(flat), grid)
+        regions.append(
+            tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(idx, block, shape))
+        )
+    return regions
+
+
+def compute_stats(
+    source: ImageSource,
+    *,
+    p_low: float = 1.0,
+    p_high: float = 99.8,
+    max_blocks: int = 48,
+    max_values: int = 2_000_000,
+) -> IntensityStats:
+    """Robust per-channel percentiles of ``source``, from all of it or a sample of blocks.
+
+    Non-finite values (NaN, inf) are ignored. A channel with no finite values gets the range
+    (0, 1).
+    """
+    shape = source.spatial_shape
+    exact = math.prod(shape) <= EXACT_LIMIT
+    if exact:
+        lead = shape[0] if len(shape) == 3 else 1
+        step = max(1, lead // 8)
+        regions = [
+            (slice(z, min(z + step, lead)),) + (slice(None),) * 2
+            if len(shape) == 3
+            else (slice(None),) * 2
+            for z in range(0, lead, step)
+        ]
+    else:
+        regions = _sample_blocks(source, max_blocks)
+    per_channel: list[list[np.ndarray]] = [[] for _ in range(source.n_channels)]
+    for region in regions:
+        block = source.read(region).reshape(-1, source.n_channels)
+        for c in range(source.n_channels):
+            v = block[:, c]
+            if v.dtype.kind == "f":
+                v = v[np.isfinite(v)]
+            per_channel[c].append(v)
+    lows, highs, counts = [], [], []
+    for values in per_channel:
+        v = np.concatenate(values) if values else np.empty(0)
+        if v.size > max_values and not exact:
+            v = v[:: math.ceil(v.size / max_values)]
+        counts.append(int(v.size))
+        if v.size == 0:
+            lows.append(0.0)
+            highs.append(1.0)
+            continue
+        lo, hi = np.percentile(v.astype(np.float64), [p_low, p_high])
+        lows.append(float(lo))
+        highs.append(float(hi))
+    return IntensityStats(tuple(lows), tuple(highs), p_low, p_high, min(counts), exact)

@@ -1,0 +1,194 @@
+"""The zarr output store: labels, probabilities, and which chunks are complete.
+
+Layout of a store written by :func:`napari_llmseg.segment` with ``out=``::
+
+    out.zarr/
+      zarr.json          group attributes under "napari_llmseg": prompts, label names, model,
+                         parameters, input description, intensity statistics, status, version
+      labels/            (*spatial) uint8/uint16, 0 = background, i = prompts[i - 1]
+      probabilities/     (P, *spatial) float32
+      _chunks_done/      one uint8 per output chunk; 1 once that chunk's labels and
+                         probabilities are written
+
+Zarr's local store writes every chunk file atomically (write to a temporary file, then
+rename), and a chunk is marked done only after its data is written, so a run killed at any
+moment (even ``kill -9``) leaves a store whose marked chunks are complete and correct.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ATTR_KEY = "napari_llmseg"
+DONE_ARRAY = "_chunks_done"
+
+#: Parameters that must match for a run to resume into an existing store.
+RESUME_KEYS = (
+    "prompts",
+    "model",
+    "input_shape",
+    "input_dtype",
+    "roi_size",
+    "overlap",
+    "batch_size",
+    "blend",
+    "threshold",
+    "chunks",
+    "channel_axis",
+)
+
+
+def _is_our_store(path: Path) -> bool:
+    import zarr
+
+    try:
+        node = zarr.open_group(path, mode="r")
+    except Exception:
+        return False
+    return ATTR_KEY in node.attrs
+
+
+def check_output_path(out: Path, *, input_path: Path | None, overwrite: bool, resume: bool) -> str:
+    """Decide what to do with ``out``: 'create', 'resume' or 'replace'; refuse what is unsafe."""
+    if input_path is not None:
+        a, b = out.resolve(), input_path.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise ValueError(
+                f"output '{out}' overlaps the input '{input_path}'; the input is never written "
+                "to, choose an output path outside it"
+            )
+    if not out.exists():
+        return "create"
+    ours = _is_our_store(out)
+    if resume:
+        if not ours:
+            raise ValueError(
+                f"cannot resume into '{out}': it exists but is not a napari-llmseg output store"
+            )
+        return "resume"
+    if not overwrite:
+        raise FileExistsError(
+            f"output '{out}' already exists; pass overwrite=True (--overwrite) to replace it, "
+            "or resume=True (--resume) to complete an interrupted run"
+        )
+    empty_dir = out.is_dir() and not any(out.iterdir())
+    if not (ours or empty_dir):
+        raise FileExistsError(
+            f"refusing to overwrite '{out}': it is not a napari-llmseg output store (nor an "
+            "empty folder), and deleting it could lose data"
+        )
+    return "replace"
+
+
+class OutputStore:
+    """Writes finished chunks and their done-markers into a zarr v3 group."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.labels = group["labels"]
+        self.probabilities = group["probabilities"]
+        self.done = group[DONE_ARRAY]
+
+    @property
+    def path(self) -> Path:
+        return Path(str(self.group.store.root))
+
+    @classmethod
+    def create(
+        cls,
+        out: Path,
+        *,
+        shape: tuple[int, ...],
+        n_outputs: int,
+        chunks: tuple[int, ...],
+        grid: tuple[int, ...],
+        n_lead: int,
+        label_dtype: np.dtype,
+        attrs: dict,
+        replace: bool = False,
+    ) -> OutputStore:
+        import zarr
+
+        if replace:
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        group = zarr.open_group(out, mode="w-", zarr_format=3)
+        group.create_array(
+            "labels",
+            shape=shape,
+            chunks=chunks,
+            dtype=label_dtype,
+            fill_value=0,
+            dimension_names=_dim_names(len(shape)),
+        )
+        group.create_array(
+            "probabilities",
+            shape=(n_outputs, *shape),
+            chunks=(1, *chunks),
+            dtype=np.float32,
+            fill_value=0.0,
+            dimension_names=("prompt", *_dim_names(len(shape))),
+        )
+        done_chunks = tuple(1 if i < n_lead else min(g, 64) for i, g in enumerate(grid))
+        group.create_array(
+            DONE_ARRAY, shape=grid, chunks=done_chunks, dtype=np.uint8, fill_value=0
+        )
+        group.attrs[ATTR_KEY] = {**attrs, "status": "running"}
+        return cls(group)
+
+    @classmethod
+    def open_for_resume(cls, out: Path, attrs: dict) -> tuple[OutputStore, dict]:
+        """Open an interrupted run's store; the recorded parameters must match ``attrs``."""
+        import zarr
+
+        group = zarr.open_group(out, mode="r+")
+        stored = dict(group.attrs[ATTR_KEY])
+        for key in RESUME_KEYS:
+            if _jsonish(stored.get(key)) != _jsonish(attrs.get(key)):
+                raise ValueError(
+                    f"cannot resume into '{out}': it was started with {key}="
+                    f"{stored.get(key)!r}, this run has {key}={attrs.get(key)!r}; use the same "
+                    "settings, or overwrite=True to start again"
+                )
+        return cls(group), stored
+
+    def done_grid(self) -> np.ndarray:
+        return np.asarray(self.done[...], dtype=bool)
+
+    def write(
+        self,
+        chunk: tuple[int, ...],
+        region: tuple[slice, ...],
+        prob: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        self.probabilities[(slice(None), *region)] = prob
+        self.labels[region] = labels
+        # Mark done only after the data is on disk: a kill in between costs a recomputation,
+        # never a chunk marked done with missing data.
+        self.done[chunk] = 1
+
+    def update_attrs(self, **changes: Any) -> None:
+        attrs = dict(self.group.attrs[ATTR_KEY])
+        attrs.update(changes)
+        self.group.attrs[ATTR_KEY] = attrs
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs[ATTR_KEY])
+
+
+def _dim_names(ndim: int) -> tuple[str, ...]:
+    return ("z", "y", "x")[3 - ndim :] if ndim <= 3 else tuple(f"dim_{i}" for i in range(ndim))
+
+
+def _jsonish(value: Any) -> Any:
+    """Normalise tuples/lists so that values read back from JSON compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonish(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonish(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,429 @@
+"""Streaming sliding-window inference: read ahead, predict, blend, flush finished chunks.
+
+Three stages run at once:
+
+* a reader thread reads one band of the input at a time (a row of windows across the whole
+  width, for a group of planes), cuts windows out of it, replaces padding and non-finite
+  pixels, and lets the model prepare each batch;
+* the calling thread runs the model and blends each window's logits, weighted by MONAI's
+  importance map, into the output chunks it touches;
+* a writer thread turns every chunk whose last window has been blended into probabilities and
+  labels and hands it to the sink (memory or a zarr store).
+
+Only unfinished chunks are held in memory, so memory depends on the width of the input, not
+on its size. The core is a generator that yields :class:`Progress` after every batch and
+returns :class:`RunInfo`, so a GUI worker and a headless caller drive the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..io.image import ImageSource
+from .windows import WindowPlan
+
+#: Budget for blending accumulators of unfinished chunks, used to size plane groups.
+OPEN_CHUNK_BUDGET = 256 * 1024**2
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Windows predicted so far out of the windows this run will predict."""
+
+    done: int
+    total: int
+
+
+@dataclass
+class RunInfo:
+    """What a run did; returned by :func:`run`."""
+
+    windows: int = 0
+    total: int = 0
+    batches: int = 0
+    chunks_written: int = 0
+    cancelled: bool = False
+    predict_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+class Predictor(Protocol):
+    """What the engine needs from a model (see ``api._BackendPredictor``)."""
+
+    n_outputs: int
+
+    def pad_value(self) -> np.ndarray:
+        """Per-channel raw value for pixels outside the image and non-finite pixels."""
+
+    def prepare(self, raw: np.ndarray) -> Any:
+        """Turn raw windows (B, C, *roi) float32 into model input; runs on the reader thread."""
+
+    def predict(self, prepared: Any) -> np.ndarray:
+        """Logits (B, n_outputs, *roi) float32 for a prepared batch."""
+
+
+class Sink(Protocol):
+    def write(
+        self,
+        chunk: tuple[int, ...],
+        region: tuple[slice, ...],
+        prob: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        """Store a finished chunk: probabilities (P, *chunk) and labels (*chunk)."""
+
+
+class MemorySink:
+    """Collects the whole result in numpy arrays (the ``out=None`` case)."""
+
+    def __init__(self, shape: tuple[int, ...], n_outputs: int, label_dtype: np.dtype) -> None:
+        self.probabilities = np.zeros((n_outputs, *shape), dtype=np.float32)
+        self.labels = np.zeros(shape, dtype=label_dtype)
+
+    def write(self, chunk, region, prob, labels) -> None:
+        self.probabilities[(slice(None), *region)] = prob
+        self.labels[region] = labels
+
+
+def label_dtype(n_outputs: int) -> np.dtype:
+    return np.dtype(np.uint8 if n_outputs < 255 else np.uint16)
+
+
+def finalize_chunk(
+    num: np.ndarray, den: np.ndarray, bad: np.ndarray | None, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blended logits -> (probabilities, labels) for one chunk.
+
+    Labels are 0 where no probability exceeds ``threshold``, else 1 + the index of the most
+    probable output; non-finite input pixels are background with probability 0.
+    """
+    from scipy.special import expit
+
+    prob = expit(num / den).astype(np.float32, copy=False)
+    if bad is not None:
+        prob[:, bad] = 0.0
+    best = prob.argmax(axis=0)
+    top = np.take_along_axis(prob, best[None], axis=0)[0]
+    labels = np.where(top > threshold, best + 1, 0).astype(label_dtype(prob.shape[0]))
+    return prob, labels
+
+
+@dataclass
+class _Open:
+    """Accumulators of one output chunk that still waits for windows."""
+
+    num: np.ndarray
+    den: np.ndarray
+    remaining: int
+    bad: np.ndarray | None = None
+
+
+@dataclass
+class _Batch:
+    rows: np.ndarray
+    prepared: Any
+    bad: np.ndarray | None = field(default=None)
+
+
+_DONE = object()
+
+
+def plane_group(source: ImageSource, plan: WindowPlan, n_outputs: int) -> int:
+    """How many planes to read at once: the source's chunk depth, within a memory budget."""
+    if plan.n_lead != 1 or source.chunks is None:
+        return 1
+    width = math.prod(plan.plane[1:])
+    rows_open = plan.roi[0] + plan.chunks[1]
+    per_plane = rows_open * width * (n_outputs + 1) * 4
+    return int(max(1, min(source.chunks[0], OPEN_CHUNK_BUDGET // max(per_plane, 1))))
+
+
+def batches_to_run(
+    plan: WindowPlan, order: np.ndarray, batch_size: int, done: np.ndarray | None
+) -> list[np.ndarray]:
+    """Split ``order`` into batches; with ``done``, keep only batches touching unfinished chunks.
+
+    Batches are always cut from the full window order, so a resumed run feeds the model
+    exactly the batches the uninterrupted run would have, which keeps the output bit-identical.
+    """
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if done is None or not done.any():
+        return batches
+    n_lead = plan.n_lead
+    keep = []
+    for batch in batches:
+        for row in batch:
+            lead = tuple(int(i) for i in row[:n_lead])
+            pos = tuple(int(i) for i in row[n_lead:])
+            if any(not done[lead + c] for c in plan.chunks_of_window(pos)):
+                keep.append(batch)
+                break
+    return keep
+
+
+class _Reader(threading.Thread):
+    """Reads bands of the source and prepares batches of windows, ahead of the model."""
+
+    def __init__(self, source, plan, predictor, batches, group, prefetch):
+        super().__init__(name="llmseg-reader", daemon=True)
+        self.source, self.plan, self.predictor = source, plan, predictor
+        self.batches, self.group = batches, group
+        self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.stop = threading.Event()
+        self._band_key: tuple | None = None
+        self._band: np.ndarray | None = None
+        self._band_origin: tuple[int, ...] = ()
+        self.pad = np.asarray(predictor.pad_value(), dtype=np.float32).reshape(-1)
+        self.float_input = source.dtype.kind == "f"
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for rows in self.batches:
+                if self.stop.is_set():
+                    return
+                if not self._put(self._make_batch(rows)):
+                    return
+            self._put(_DONE)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._put(err)
+
+    def _band_for(self, lead: tuple[int, ...], row: int) -> tuple[np.ndarray, tuple[int, ...]]:
+        plan = self.plan
+        if plan.n_lead:
+            g0 = (lead[0] // self.group) * self.group
+            g1 = min(g0 + self.group, plan.shape[0])
+            key: tuple = (g0, row)
+        else:
+            key = (row,)
+        if key != self._band_key:
+            start = int(plan.starts[0][row])
+            y0, y1 = max(start, 0), min(start + plan.roi[0], plan.plane[0])
+            region: tuple[slice, ...] = (slice(y0, y1),) + (slice(None),) * (len(plan.roi) - 1)
+            origin: tuple[int, ...] = (y0,)
+            if plan.n_lead:
+                region = (slice(g0, g1), *region)
+                origin = (g0, y0)
+            self._band = self.source.read(region)
+            self._band_key, self._band_origin = key, origin
+        assert self._band is not None
+        return self._band, self._band_origin
+
+    def _make_batch(self, rows: np.ndarray) -> _Batch:
+        plan = self.plan
+        n_lead = plan.n_lead
+        c = self.source.n_channels
+        raw = np.empty((len(rows), c, *plan.roi), dtype=np.float32)
+        raw[:] = self.pad.reshape((c,) + (1,) * len(plan.roi))
+        bad = np.zeros((len(rows), *plan.roi), dtype=bool) if self.float_input else None
+        for i, row in enumerate(rows):
+            lead = tuple(int(v) for v in row[:n_lead])
+            pos = tuple(int(v) for v in row[n_lead:])
+            band, origin = self._band_for(lead, pos[0])
+            if n_lead:
+                band = band[lead[0] - origin[0]]
+            src, dst = [], []
+            for a, (lo, hi) in enumerate(plan.window_box(pos)):
+                clo, chi = max(lo, 0), min(hi, plan.plane[a])
+                off = origin[-1] if a == 0 else 0
+                src.append(slice(clo - off, chi - off))
+                dst.append(slice(clo - lo, chi - lo))
+            window = np.moveaxis(band[tuple(src)], -1, 0)
+            raw[(i, slice(None), *dst)] = window
+            if bad is not None:
+                nonfinite = ~np.isfinite(raw[i])
+                if nonfinite.any():
+                    raw[i] = np.where(
+                        nonfinite, self.pad.reshape((c,) + (1,) * len(plan.roi)), raw[i]
+                    )
+                    bad[i] = nonfinite.any(axis=0)
+        if bad is not None and not bad.any():
+            bad = None
+        return _Batch(rows, self.predictor.prepare(raw), bad)
+
+    def __iter__(self) -> Iterator[_Batch]:
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join()
+
+
+class _Writer(threading.Thread):
+    """Finalises finished chunks and writes them, off the model's thread."""
+
+    def __init__(self, plan: WindowPlan, sink: Sink, threshold: float):
+        super().__init__(name="llmseg-writer", daemon=True)
+        self.plan, self.sink, self.threshold = plan, sink, threshold
+        self.queue: queue.Queue = queue.Queue(maxsize=32)
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                return
+            if self.error is not None:
+                continue  # drain after a failure so that the producer never blocks
+            chunk, acc = item
+            try:
+                prob, labels = finalize_chunk(acc.num, acc.den, acc.bad, self.threshold)
+                region = self.plan.chunk_slices(chunk)
+                shape = tuple(s.stop - s.start for s in region)  # leading axes have length 1
+                self.sink.write(chunk, region, prob.reshape(-1, *shape), labels.reshape(shape))
+                self.written += 1
+            except BaseException as err:
+                self.error = err
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self) -> None:
+        self.queue.put(_DONE)
+        self.join()
+
+
+def run(
+    source: ImageSource,
+    predictor: Predictor,
+    plan: WindowPlan,
+    sink: Sink,
+    *,
+    weights: np.ndarray,
+    batch_size: int,
+    threshold: float,
+    done: np.ndarray | None = None,
+    cancel: threading.Event | None = None,
+    prefetch: int = 2,
+) -> Generator[Progress, None, RunInfo]:
+    """Segment ``source`` window by window, yielding progress after every batch.
+
+    Parameters
+    ----------
+    source : ImageSource
+        Input; its spatial shape must equal ``plan.shape``.
+    predictor : Predictor
+        Model adapter producing logits for batches of windows.
+    plan : WindowPlan
+        Window placement and output chunking.
+    sink : Sink
+        Receives every finished chunk exactly once.
+    weights : (*roi) ndarray
+        Importance map of one window.
+    batch_size : int
+        Windows per model call.
+    threshold : float
+        Probability above which a pixel gets a label.
+    done : bool ndarray of shape ``plan.grid``, optional
+        Chunks already written by an earlier run; they are neither recomputed nor rewritten.
+    cancel : threading.Event, optional
+        When set, the run stops before the next batch; finished chunks are still written.
+
+    Returns
+    -------
+    RunInfo
+        Returned as the generator's value (``StopIteration.value``).
+    """
+    t_start = time.perf_counter()
+    info = RunInfo()
+    group = plane_group(source, plan, predictor.n_outputs)
+    batches = batches_to_run(plan, plan.order(group), batch_size, done)
+    info.total = int(sum(len(b) for b in batches))
+    reader = _Reader(source, plan, predictor, batches, group, prefetch)
+    writer = _Writer(plan, sink, threshold)
+    n_lead = plan.n_lead
+    n_out = predictor.n_outputs
+    expected = (n_out, *plan.roi)
+    open_chunks: dict[tuple[int, ...], _Open] = {}
+    reader.start()
+    writer.start()
+    try:
+        yield Progress(0, info.total)
+        for batch in reader:
+            if cancel is not None and cancel.is_set():
+                info.cancelled = True
+                break
+            t0 = time.perf_counter()
+            logits = predictor.predict(batch.prepared)
+            info.predict_seconds += time.perf_counter() - t0
+            if logits.shape != (len(batch.rows), *expected):
+                raise ValueError(
+                    f"the model returned logits of shape {tuple(logits.shape)} for a batch of "
+                    f"{len(batch.rows)} windows; expected {(len(batch.rows), *expected)} "
+                    "(batch, prompts, *window)"
+                )
+            for i, row in enumerate(batch.rows):
+                lead = tuple(int(v) for v in row[:n_lead])
+                pos = tuple(int(v) for v in row[n_lead:])
+                box = plan.window_box(pos)
+                weighted = logits[i] * weights
+                bad = batch.bad[i] if batch.bad is not None else None
+                for cidx in plan.chunks_of_window(pos):
+                    key = lead + cidx
+                    if done is not None and done[key]:
+                        continue
+                    acc = open_chunks.get(key)
+                    if acc is None:
+                        region = plan.chunk_slices(key)[n_lead:]
+                        cshape = tuple(s.stop - s.start for s in region)
+                        acc = _Open(
+                            np.zeros((n_out, *cshape), np.float32),
+                            np.zeros(cshape, np.float32),
+                            plan.window_count(key),
+                            np.zeros(cshape, bool) if source.dtype.kind == "f" else None,
+                        )
+                        open_chunks[key] = acc
+                    csl, wsl = [], []
+                    for a, (lo, hi) in enumerate(box):
+                        c = plan.chunks[n_lead + a]
+                        c0 = cidx[a] * c
+                        c1 = min(c0 + c, plan.plane[a])
+                        s0, s1 = max(lo, c0), min(hi, c1)
+                        csl.append(slice(s0 - c0, s1 - c0))
+                        wsl.append(slice(s0 - lo, s1 - lo))
+                    ct, wt = tuple(csl), tuple(wsl)
+                    acc.num[(slice(None), *ct)] += weighted[(slice(None), *wt)]
+                    acc.den[ct] += weights[wt]
+                    if bad is not None and acc.bad is not None:
+                        acc.bad[ct] |= bad[wt]
+                    acc.remaining -= 1
+                    if acc.remaining == 0:
+                        writer.put((key, open_chunks.pop(key)))
+            info.windows += len(batch.rows)
+            info.batches += 1
+            yield Progress(info.windows, info.total)
+    finally:
+        reader.close()
+        writer.close()
+        info.chunks_written = writer.written
+        info.seconds = time.perf_counter() - t_start
+    if writer.error is not None:
+        raise writer.error
+    if not info.cancelled and open_chunks:
+        raise RuntimeError(f"internal error: {len(open_chunks)} chunks were never completed")
+    return info

@@ -1,0 +1,1 @@
+"""Reading inputs lazily and writing results with their metadata."""

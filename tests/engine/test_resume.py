@@ -1,0 +1,188 @@
+"""Resume after cancel or kill -9, overwrite safety, and never writing to the input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_llmseg import segment
+from tests.conftest import ROOT, paced_model, smooth_model, write_zarr
+
+KW = dict(model=smooth_model, roi_size=64, overlap=0.25, batch_size=4, chunks=64)
+
+
+def _volume(path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    write_zarr(path, rng.normal(size=(24, 256, 256)).astype(np.float32), (4, 128, 128))
+    return path
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    for name in ("labels", "probabilities"):
+        x, y = np.asarray(ga[name][...]), np.asarray(gb[name][...])
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), f"{name} differs"  # bit-identical, not just close
+    assert np.asarray(gb["_chunks_done"][...]).all()
+
+
+def test_resume_after_cancel_is_bit_identical(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    segment(src, ["a", "b"], out=tmp_path / "full.zarr", **KW)
+    cancel = threading.Event()
+    part = segment(
+        src,
+        ["a", "b"],
+        out=tmp_path / "part.zarr",
+        cancel=cancel,
+        progress=lambda d, t: cancel.set() if d >= 100 else None,
+        **KW,
+    )
+    assert not part.complete
+    calls = []
+    rest = segment(
+        src,
+        ["a", "b"],
+        out=tmp_path / "part.zarr",
+        resume=True,
+        progress=lambda d, t: calls.append((d, t)),
+        **KW,
+    )
+    assert rest.complete
+    # only windows touching unfinished chunks ran again
+    assert 0 < rest.info.total < part.info.total
+    _assert_identical(tmp_path / "full.zarr", tmp_path / "part.zarr")
+    assert zarr.open_group(tmp_path / "part.zarr").attrs["napari_llmseg"]["status"] == "complete"
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.conftest import paced_model
+from napari_llmseg import segment
+
+segment({src!r}, ["a", "b"], model=paced_model, roi_size=64, overlap=0.25, batch_size=4,
+        chunks=64, out={out!r})
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bit_identical(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    out = tmp_path / "killed.zarr"
+    script = KILL_SCRIPT.format(root=str(ROOT), src=str(src), out=str(out))
+    env = {**os.environ, "LLMSEG_TEST_PACE": "0.03"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    done = total = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (out / "_chunks_done" / "zarr.json").exists():
+                arr = np.asarray(zarr.open_array(out / "_chunks_done", mode="r")[...])
+                done, total = int(arr.sum()), arr.size
+                if done >= total // 4:
+                    break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert 0 < done < total, (done, total)
+    group = zarr.open_group(out, mode="r")
+    assert group.attrs["napari_llmseg"]["status"] == "running"  # it never got to finish
+    kw = {**KW, "model": paced_model}  # same model as the killed run, unpaced here
+    resumed = segment(src, ["a", "b"], out=out, resume=True, **kw)
+    assert resumed.complete and resumed.info.total < 24 * 25
+    segment(src, ["a", "b"], out=tmp_path / "full.zarr", **kw)
+    _assert_identical(tmp_path / "full.zarr", out)
+
+
+def test_resume_of_a_complete_store_runs_nothing(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    first = segment(src, "a", out=tmp_path / "o.zarr", **KW)
+    again = segment(src, "a", out=tmp_path / "o.zarr", resume=True, **KW)
+    assert again.info.windows == 0 and again.complete
+    assert np.array_equal(np.asarray(first.labels[...]), np.asarray(again.labels[...]))
+
+
+def test_resume_without_existing_store_starts_fresh(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    result = segment(src, "a", out=tmp_path / "new.zarr", resume=True, **KW)
+    assert result.complete and result.info.windows == 24 * 25
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"overlap": 0.5}, "overlap"),
+        ({"threshold": 0.3}, "threshold"),
+        ({"batch_size": 2}, "batch_size"),
+    ],
+)
+def test_resume_with_other_settings_is_refused(tmp_path, change, key):
+    src = _volume(tmp_path / "in.zarr")
+    cancel = threading.Event()
+    cancel.set()
+    segment(src, "a", out=tmp_path / "o.zarr", cancel=cancel, **KW)
+    kw = {**KW, **change}
+    with pytest.raises(ValueError, match=f"started with {key}=.*this run has {key}="):
+        segment(src, "a", out=tmp_path / "o.zarr", resume=True, **kw)
+    with pytest.raises(ValueError, match="started with prompts="):
+        segment(src, "b", out=tmp_path / "o.zarr", resume=True, **KW)
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    out = tmp_path / "o.zarr"
+    segment(src, "a", out=out, **KW)
+    before = np.asarray(zarr.open_group(out)["probabilities"][...])
+    with pytest.raises(
+        FileExistsError, match=r"output '.*o\.zarr' already exists; pass overwrite=True"
+    ):
+        segment(src, "b", out=out, **KW)
+    assert np.array_equal(before, np.asarray(zarr.open_group(out)["probabilities"][...]))
+    replaced = segment(src, "b", out=out, overwrite=True, **KW)
+    assert replaced.prompts == ["b"]
+    assert zarr.open_group(out).attrs["napari_llmseg"]["prompts"] == ["b"]
+
+
+def test_overwrite_never_deletes_foreign_data(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a napari-llmseg output store"):
+        segment(src, "a", out=foreign, overwrite=True, **KW)
+    assert (foreign / "chapter1.txt").read_text() == "precious"
+    with pytest.raises(ValueError, match="exists but is not a napari-llmseg output store"):
+        segment(src, "a", out=foreign, resume=True, **KW)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_input_is_never_written(tmp_path):
+    src = _volume(tmp_path / "in.zarr")
+    before = _digest(src)
+    with pytest.raises(ValueError, match="overlaps the input"):
+        segment(src, "a", out=src, overwrite=True, **KW)
+    with pytest.raises(ValueError, match="overlaps the input"):
+        segment(src, "a", out=src / "labels.zarr", **KW)
+    segment(src, "a", out=tmp_path / "o.zarr", **KW)
+    assert _digest(src) == before

@@ -1,0 +1,160 @@
+"""Streaming behaviour: progress, cancel, read-ahead, chunk-wise writes, bad pixels, errors."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_llmseg import segment
+from napari_llmseg.engine.windows import WindowPlan
+from tests.conftest import smooth_model, threshold_model, write_zarr
+
+
+def test_progress_counts_windows(rng):
+    calls = []
+    image = rng.normal(size=(3, 100, 100)).astype(np.float32)
+    result = segment(
+        image,
+        "a",
+        model=smooth_model,
+        roi_size=32,
+        batch_size=5,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    n = WindowPlan((3, 100, 100), (32, 32), 0.25, (1, 100, 100)).n_windows
+    assert calls[0] == (0, n)
+    assert calls[-1] == (n, n)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and all(t == n for _, t in calls)
+    assert all(b - a <= 5 for a, b in itertools.pairwise(done))
+    assert result.info.windows == n and result.complete
+
+
+def test_cancel_returns_within_one_batch(rng, tmp_path):
+    cancel = threading.Event()
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done >= 8:
+            cancel.set()
+
+    image = rng.normal(size=(4, 128, 128)).astype(np.float32)
+    result = segment(
+        image,
+        "a",
+        model=smooth_model,
+        roi_size=32,
+        batch_size=4,
+        out=tmp_path / "o.zarr",
+        progress=progress,
+        cancel=cancel,
+        chunks=32,
+    )
+    assert not result.complete and result.cancelled
+    assert result.info.windows == 8  # the batch after the one that set the event never ran
+    assert result.info.total > 8
+    store = zarr.open_group(tmp_path / "o.zarr", mode="r")
+    assert store.attrs["napari_llmseg"]["status"] == "cancelled"
+    done = np.asarray(store["_chunks_done"][...])
+    assert 0 < done.sum() < done.size
+
+
+def test_chunks_are_written_while_the_run_goes_on(rng, tmp_path):
+    out = tmp_path / "o.zarr"
+    written_during_run = []
+
+    def progress(done, total):
+        if 0 < done < total:
+            written_during_run.append(
+                int(np.asarray(zarr.open_group(out, mode="r")["_chunks_done"][...]).sum())
+            )
+
+    image = rng.normal(size=(6, 64, 64)).astype(np.float32)
+    segment(
+        image,
+        "a",
+        model=smooth_model,
+        roi_size=32,
+        batch_size=2,
+        out=out,
+        progress=progress,
+        chunks=32,
+    )
+    assert max(written_during_run) > 0  # chunks reach the store before the last window is done
+    assert written_during_run == sorted(written_during_run)
+
+
+def test_reads_happen_on_the_reader_thread(rng, tmp_path):
+    vol = rng.normal(size=(4, 64, 64)).astype(np.float32)
+    base = write_zarr(tmp_path / "in.zarr", vol, (1, 32, 32))
+    threads = set()
+
+    class Recording:
+        shape, dtype, chunks = base.shape, base.dtype, base.chunks
+
+        def __getitem__(self, idx):
+            threads.add(threading.current_thread().name)
+            return base[idx]
+
+    segment(Recording(), "a", model=smooth_model, roi_size=32)
+    assert "llmseg-reader" in threads
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_pixels_never_reach_the_model_and_are_background(bad):
+    image = np.ones((64, 64), dtype=np.float32)
+    image[10:20, 30:40] = bad
+    seen_finite = []
+
+    def model(x, prompts):
+        seen_finite.append(bool(torch.isfinite(x).all()))
+        return threshold_model(x, prompts)
+
+    result = segment(image, "bright", model=model, roi_size=32)
+    assert all(seen_finite)
+    assert np.isfinite(result.probabilities).all()
+    assert (result.labels[10:20, 30:40] == 0).all()
+    assert (result.probabilities[:, 10:20, 30:40] == 0).all()
+    assert (result.labels[40:, :] == 1).all()
+
+
+def test_model_errors_propagate_and_threads_stop(rng):
+    def broken(x, prompts):
+        raise RuntimeError("model exploded")
+
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="model exploded"):
+        segment(rng.normal(size=(64, 64)).astype(np.float32), "a", model=broken, roi_size=32)
+    after = {t.name for t in threading.enumerate()}
+    assert not ({"llmseg-reader", "llmseg-writer"} & (after - before))
+
+
+def test_wrong_logit_shape_is_reported():
+    def wrong(x, prompts):
+        return x[:, :1, :16, :16]
+
+    with pytest.raises(
+        ValueError, match=r"logits of shape \(4, 1, 16, 16\).*expected \(4, 1, 32, 32\)"
+    ):
+        segment(np.zeros((64, 64), np.float32), "a", model=wrong, roi_size=32)
+
+
+def test_reader_errors_propagate():
+    class Failing:
+        """Readable for the statistics, failing once the reader thread takes over."""
+
+        shape, dtype = (64, 64), np.dtype(np.float32)
+
+        def __getitem__(self, idx):
+            if threading.current_thread().name == "llmseg-reader":
+                raise OSError("disk gone")
+            return np.zeros(self.shape, self.dtype)[idx]
+
+    with pytest.raises(OSError, match="disk gone"):
+        segment(Failing(), "a", model=smooth_model, roi_size=32)

@@ -38,6 +38,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy
 
 test: venv system-deps lint
 	$(XVFB) $(BIN)/python -m pytest -q

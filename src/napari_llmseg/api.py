@@ -156,8 +156,8 @@ def _check_number(name: str, value: Any, lo: float, hi: float, *, hi_open: bool)
 
 
 def _roi_tuple(roi_size: Any, default: int, dims: int) -> tuple[int, ...]:
-    roi = default if roi_size is None else roi_size
-    roi = (roi,) * dims if np.isscalar(roi) else tuple(roi)
+    given = default if roi_size is None else roi_size
+    roi: tuple[Any, ...] = (given,) * dims if np.isscalar(given) else tuple(given)  # type: ignore[arg-type]
     if len(roi) != dims or not all(isinstance(r, (int, np.integer)) for r in roi):
         raise ValueError(f"roi_size must be an int or {dims} ints, got {roi_size!r}")
     if any(r < MIN_ROI for r in roi):

@@ -81,9 +81,9 @@ def _crop(rng: np.random.Generator, item: TrainImage, size: int, zoom: tuple[flo
         patch, out_masks = patch.flip(-1), {k: v.flip(-1) for k, v in out_masks.items()}
     if rng.random() < 0.5:
         patch, out_masks = patch.flip(-2), {k: v.flip(-2) for k, v in out_masks.items()}
-    k = int(rng.integers(4))
-    patch = torch.rot90(patch, k, (-2, -1))
-    out_masks = {c: torch.rot90(v, k, (-2, -1)) for c, v in out_masks.items()}
+    turns = int(rng.integers(4))
+    patch = torch.rot90(patch, turns, (-2, -1))
+    out_masks = {c: torch.rot90(v, turns, (-2, -1)) for c, v in out_masks.items()}
     # Intensity jitter around the global normalisation, and a little noise.
     gain, bias = rng.uniform(0.75, 1.3), rng.uniform(-0.1, 0.1)
     patch = patch * gain + bias + torch.randn_like(patch) * rng.uniform(0, 0.05)

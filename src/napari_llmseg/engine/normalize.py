@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,9 @@ class IntensityStats:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> IntensityStats:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def from_dict(cls, d: dict[str, Any]) -> IntensityStats:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 def _sample_blocks(source: ImageSource, max_blocks: int) -> list[tuple[slice, ...]]:
@@ -95,7 +97,7 @@ def compute_stats(
     if exact:
         lead = shape[0] if len(shape) == 3 else 1
         step = max(1, lead // 8)
-        regions = [
+        regions: list[tuple[slice, ...]] = [
             (slice(z, min(z + step, lead)),) + (slice(None),) * 2
             if len(shape) == 3
             else (slice(None),) * 2

@@ -145,7 +145,7 @@ class OutputStore:
         import zarr
 
         group = zarr.open_group(out, mode="r+")
-        stored = dict(group.attrs[ATTR_KEY])
+        stored: dict[str, Any] = dict(group.attrs[ATTR_KEY])  # type: ignore[arg-type]
         for key in RESUME_KEYS:
             if _jsonish(stored.get(key)) != _jsonish(attrs.get(key)):
                 raise ValueError(

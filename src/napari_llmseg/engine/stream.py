@@ -238,14 +238,15 @@ class _Reader(threading.Thread):
             band, origin = self._band_for(lead, pos[0])
             if n_lead:
                 band = band[lead[0] - origin[0]]
-            src, dst = [], []
+            src: list[slice] = []
+            dst: list[slice] = []
             for a, (lo, hi) in enumerate(plan.window_box(pos)):
                 clo, chi = max(lo, 0), min(hi, plan.plane[a])
                 off = origin[-1] if a == 0 else 0
                 src.append(slice(clo - off, chi - off))
                 dst.append(slice(clo - lo, chi - lo))
             window = np.moveaxis(band[tuple(src)], -1, 0)
-            raw[(i, slice(None), *dst)] = window
+            raw[(i, slice(None), *dst)] = window  # type: ignore[index]
             if bad is not None:
                 nonfinite = ~np.isfinite(raw[i])
                 if nonfinite.any():

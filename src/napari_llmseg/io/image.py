@@ -235,8 +235,8 @@ def _open_zarr(path: Path) -> tuple[Any, dict]:
         raise ValueError(f"'{path}' is not a readable zarr store: {err}") from err
     if isinstance(node, zarr.Array):
         return node, {}
-    attrs = dict(node.attrs)
-    ome = attrs.get("ome", attrs)
+    attrs: dict[str, Any] = dict(node.attrs)
+    ome: dict[str, Any] = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales")
     if multiscales:
         ms = multiscales[0]

@@ -89,8 +89,8 @@ def compute_stats(
 ) -> IntensityStats:
     """Robust per-channel percentiles of ``source``, from all of it or a sample of blocks.
 
-    Non-finite values (NaN, inf) are ignored. A channel with no finite values gets the range
-    (0, 1).
+    Non-finite values (NaN, inf) and pixels without data (:meth:`ImageSource.invalid`) are
+    ignored. A channel with no valid values gets the range (0, 1).
     """
     shape = source.spatial_shape
     exact = math.prod(shape) <= EXACT_LIMIT
@@ -107,7 +107,11 @@ def compute_stats(
         regions = _sample_blocks(source, max_blocks)
     per_channel: list[list[np.ndarray]] = [[] for _ in range(source.n_channels)]
     for region in regions:
-        block = source.read(region).reshape(-1, source.n_channels)
+        data = source.read(region)
+        bad = source.invalid(region, data)
+        block = data.reshape(-1, source.n_channels)
+        if bad is not None:
+            block = block[~bad.reshape(-1)]
         for c in range(source.n_channels):
             v = block[:, c]
             if v.dtype.kind == "f":

@@ -3,8 +3,9 @@
 Three stages run at once:
 
 * a reader thread reads one band of the input at a time (a row of windows across the whole
-  width, for a group of planes), cuts windows out of it, replaces padding and non-finite
-  pixels, and lets the model prepare each batch;
+  width, for a group of planes), cuts windows out of it, replaces padding, non-finite pixels
+  and pixels the source marks as carrying no data (:meth:`ImageSource.invalid`, e.g. a
+  GeoTIFF's nodata), and lets the model prepare each batch;
 * the calling thread runs the model and blends each window's logits, weighted by MONAI's
   importance map, into the output chunks it touches;
 * a writer thread turns every chunk whose last window has been blended into probabilities and
@@ -103,7 +104,8 @@ def finalize_chunk(
     """Blended logits -> (probabilities, labels) for one chunk.
 
     Labels are 0 where no probability exceeds ``threshold``, else 1 + the index of the most
-    probable output; non-finite input pixels are background with probability 0.
+    probable output; non-finite and nodata input pixels (``bad``) are background with
+    probability 0.
     """
     from scipy.special import expit
 
@@ -180,9 +182,11 @@ class _Reader(threading.Thread):
         self.stop = threading.Event()
         self._band_key: tuple | None = None
         self._band: np.ndarray | None = None
+        self._band_bad: np.ndarray | None = None
         self._band_origin: tuple[int, ...] = ()
         self.pad = np.asarray(predictor.pad_value(), dtype=np.float32).reshape(-1)
         self.float_input = source.dtype.kind == "f"
+        self.may_be_invalid = source.may_be_invalid
 
     def _put(self, item) -> bool:
         while not self.stop.is_set():
@@ -204,7 +208,9 @@ class _Reader(threading.Thread):
         except BaseException as err:  # handed to the consumer, which re-raises it
             self._put(err)
 
-    def _band_for(self, lead: tuple[int, ...], row: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    def _band_for(
+        self, lead: tuple[int, ...], row: int
+    ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
         plan = self.plan
         if plan.n_lead:
             g0 = (lead[0] // self.group) * self.group
@@ -221,9 +227,10 @@ class _Reader(threading.Thread):
                 region = (slice(g0, g1), *region)
                 origin = (g0, y0)
             self._band = self.source.read(region)
+            self._band_bad = self.source.invalid(region, self._band)
             self._band_key, self._band_origin = key, origin
         assert self._band is not None
-        return self._band, self._band_origin
+        return self._band, self._band_bad, self._band_origin
 
     def _make_batch(self, rows: np.ndarray) -> _Batch:
         plan = self.plan
@@ -231,13 +238,15 @@ class _Reader(threading.Thread):
         c = self.source.n_channels
         raw = np.empty((len(rows), c, *plan.roi), dtype=np.float32)
         raw[:] = self.pad.reshape((c,) + (1,) * len(plan.roi))
-        bad = np.zeros((len(rows), *plan.roi), dtype=bool) if self.float_input else None
+        bad = np.zeros((len(rows), *plan.roi), dtype=bool) if self.may_be_invalid else None
         for i, row in enumerate(rows):
             lead = tuple(int(v) for v in row[:n_lead])
             pos = tuple(int(v) for v in row[n_lead:])
-            band, origin = self._band_for(lead, pos[0])
+            band, band_bad, origin = self._band_for(lead, pos[0])
             if n_lead:
                 band = band[lead[0] - origin[0]]
+                if band_bad is not None:
+                    band_bad = band_bad[lead[0] - origin[0]]
             src: list[slice] = []
             dst: list[slice] = []
             for a, (lo, hi) in enumerate(plan.window_box(pos)):
@@ -247,13 +256,21 @@ class _Reader(threading.Thread):
                 dst.append(slice(clo - lo, chi - lo))
             window = np.moveaxis(band[tuple(src)], -1, 0)
             raw[(i, slice(None), *dst)] = window  # type: ignore[index]
-            if bad is not None:
+            if band_bad is not None and bad is not None:
+                # Pixels without data: every channel gets the pad value, the pixel is bad.
+                nodata = band_bad[tuple(src)]
+                if nodata.any():
+                    window_index: tuple[Any, ...] = (i, slice(None), *dst)
+                    inside = raw[window_index]
+                    inside[:, nodata] = self.pad[:, None]
+                    bad[window_index[:1] + window_index[2:]] |= nodata
+            if self.float_input and bad is not None:
                 nonfinite = ~np.isfinite(raw[i])
                 if nonfinite.any():
                     raw[i] = np.where(
                         nonfinite, self.pad.reshape((c,) + (1,) * len(plan.roi)), raw[i]
                     )
-                    bad[i] = nonfinite.any(axis=0)
+                    bad[i] |= nonfinite.any(axis=0)
         if bad is not None and not bad.any():
             bad = None
         return _Batch(rows, self.predictor.prepare(raw), bad)
@@ -396,7 +413,7 @@ def run(
                             np.zeros((n_out, *cshape), np.float32),
                             np.zeros(cshape, np.float32),
                             plan.window_count(key),
-                            np.zeros(cshape, bool) if source.dtype.kind == "f" else None,
+                            np.zeros(cshape, bool) if source.may_be_invalid else None,
                         )
                         open_chunks[key] = acc
                     csl, wsl = [], []

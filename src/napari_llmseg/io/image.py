@@ -2,11 +2,17 @@
 
 An ImageSource reads regions of the spatial axes and always returns them channels-last, so the
 engine never needs to know where the channel axis of the file was. Nothing here reads the whole
-image: numpy files are memory-mapped, TIFF and Zarr are read chunk by chunk.
+image: numpy files are memory-mapped, TIFF and Zarr are read chunk by chunk, GeoTIFF window by
+window through rasterio (:mod:`.geotiff`), NIfTI and DICOM slice by slice (:mod:`.medical`).
+
+Pixels that carry no data (a GeoTIFF's nodata value, pixels outside a mask) are reported by
+:meth:`ImageSource.invalid`; the engine treats them like non-finite pixels: they are replaced
+before the model sees them, left out of the intensity statistics and labelled background.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +39,13 @@ class ImageSource:
     path : Path or None
         File the image was read from, if any.
     metadata : dict
-        Physical metadata found with the image (``scale``, ``units``, ``axes``...).
+        Physical metadata found with the image (``scale``, ``units``, ``axes``...); for a
+        GeoTIFF also ``crs_wkt``, ``transform``, ``nodata``, ``band_indexes``, for NIfTI and
+        DICOM ``affine``, ``spacing``, ``modality`` (see ``docs/formats.md``). JSON-serialisable.
+    nodata : tuple of (float or None), optional
+        Per channel, the value that marks a pixel without data (NaN allowed), or None.
+    mask : array-like, optional
+        Lazy boolean array of the spatial shape, True where a pixel carries data.
     """
 
     array: Any
@@ -41,6 +53,8 @@ class ImageSource:
     name: str = "array"
     path: Path | None = None
     metadata: dict = field(default_factory=dict)
+    nodata: tuple[float | None, ...] | None = None
+    mask: Any = None
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.array.shape)
@@ -59,6 +73,18 @@ class ImageSource:
             raise ValueError(
                 f"expected a 2D (Y, X) or 3D (Z, Y, X) image{extra}, got {n_spatial} spatial "
                 f"axes with shape {shape}{hint}"
+            )
+        if self.nodata is not None:
+            self.nodata = tuple(None if v is None else float(v) for v in self.nodata)
+            if len(self.nodata) != self.n_channels:
+                raise ValueError(
+                    f"nodata has {len(self.nodata)} values for an image with "
+                    f"{self.n_channels} channels; give one value (or None) per channel"
+                )
+        if self.mask is not None and tuple(self.mask.shape) != self.spatial_shape:
+            raise ValueError(
+                f"mask has shape {tuple(self.mask.shape)}, expected the spatial shape "
+                f"{self.spatial_shape}"
             )
 
     @property
@@ -102,6 +128,42 @@ class ImageSource:
         if self.channel_axis is None:
             return out[..., None]
         return np.moveaxis(out, self.channel_axis, -1)
+
+    @property
+    def may_be_invalid(self) -> bool:
+        """Whether some pixels may carry no data (float input, a nodata value or a mask)."""
+        has_nodata = self.nodata is not None and any(v is not None for v in self.nodata)
+        return self.dtype.kind == "f" or has_nodata or self.mask is not None
+
+    def invalid(self, region: tuple[slice, ...], data: np.ndarray) -> np.ndarray | None:
+        """Pixels of ``region`` that carry no data, or None when every pixel does.
+
+        Parameters
+        ----------
+        region : tuple of slice
+            The spatial region ``data`` was read from.
+        data : (*region, C) ndarray
+            What :meth:`read` returned for ``region``.
+
+        Returns
+        -------
+        (*region) bool ndarray or None
+            True where any channel holds its nodata value or the mask is False. Non-finite
+            values are not included: the engine handles them channel by channel.
+        """
+        bad: np.ndarray | None = None
+        for c, value in enumerate(self.nodata or ()):
+            if value is None:
+                continue
+            v = data[..., c]
+            hit = np.isnan(v) if math.isnan(value) else v == value
+            bad = hit if bad is None else bad | hit
+        if self.mask is not None:
+            outside = ~np.asarray(self.mask[region], dtype=bool)
+            bad = outside if bad is None else bad | outside
+        if bad is not None and not bad.any():
+            return None
+        return bad
 
 
 def open_image(image: Any, *, channel_axis: int | None = None) -> ImageSource:

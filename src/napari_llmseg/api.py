@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .engine.normalize import IntensityStats, compute_stats
+from .engine.normalize import IntensityStats, compute_stats, parse_window
 from .engine.resume import OutputStore, check_output_path
 from .engine.stream import MemorySink, Progress, RunInfo, label_dtype, run
 from .engine.windows import MIN_ROI, BlendMode, WindowPlan, importance_map
@@ -41,7 +42,8 @@ class SegmentationResult:
         ``{i: prompt}``.
     prompts : list of str
     out : Path or None
-        The zarr store holding the result, if any.
+        The zarr store holding the result, if any (for a TIFF or NIfTI ``out=``, its working
+        store ``out + ".zarr"``).
     complete : bool
         False when the run was cancelled; with ``out=`` it can be resumed.
     info : RunInfo
@@ -50,6 +52,8 @@ class SegmentationResult:
         The whole-input intensity statistics the model saw.
     metadata : dict
         Parameters and provenance, as recorded in the store.
+    files : list of Path
+        Final files written for a TIFF or NIfTI ``out=`` (labels, then probabilities).
     """
 
     probabilities: Any
@@ -61,13 +65,18 @@ class SegmentationResult:
     info: RunInfo
     stats: IntensityStats
     metadata: dict = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
 
     @property
     def cancelled(self) -> bool:
         return not self.complete
 
     def summary(self) -> list[str]:
-        """One line per prompt: labelled voxels and fraction of the image."""
+        """One line per prompt: labelled voxels, fraction of the image and, when the input
+        has a physical pixel size, the area or volume (plus mL for volumes in mm^3)."""
+        from .measure import physical_size
+
+        source = self.metadata.get("source_metadata", {})
         labels = self.labels
         total = math.prod(labels.shape)
         counts = np.zeros(len(self.prompts) + 1, dtype=np.int64)
@@ -76,10 +85,17 @@ class SegmentationResult:
         for i in range(0, labels.shape[0], step):
             block = np.asarray(labels[i : i + step])
             counts += np.bincount(block.ravel(), minlength=len(counts))[: len(counts)]
-        return [
-            f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
-            for i, name in self.label_names.items()
-        ]
+        lines = []
+        for i, name in self.label_names.items():
+            line = f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
+            size = physical_size(
+                int(counts[i]), source.get("scale"), source.get("units"), len(labels.shape)
+            )
+            if size is not None:
+                value, unit, ml = size
+                line += f", {value:.6g} {unit}" + (f" = {ml:.4g} mL" if ml is not None else "")
+            lines.append(line)
+        return lines
 
 
 class _BackendPredictor:
@@ -205,9 +221,13 @@ def iter_segment(
     overwrite: bool = False,
     cancel: threading.Event | None = None,
     chunks: int | None = None,
+    bands: Sequence[int | str] | str | None = None,
+    window: str | Sequence[float] | None = None,
+    probabilities: bool = False,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult."""
     from .device import resolve_device
+    from .io import output
 
     prompts = _check_prompts(prompts)
     overlap = _check_number("overlap", overlap, 0.0, 1.0, hi_open=True)
@@ -218,9 +238,26 @@ def iter_segment(
         blend_mode = BlendMode(blend)
     except ValueError:
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}") from None
+    window_lw = parse_window(window) if window is not None else None
+    if out is not None:
+        output.output_kind(out)  # an unsupported suffix fails before any work
     torch_device = resolve_device(device)
-    source = open_image(image, channel_axis=channel_axis)
+    source = open_image(image, channel_axis=channel_axis, bands=bands)
     backend, fn, model_desc = _resolve_model(model, str(torch_device))
+    if window_lw is not None:
+        if backend is None:
+            raise ValueError(
+                "window= sets the intensity range a model backend normalises with; a callable "
+                "model gets raw pixels, so apply the window inside it"
+            )
+        modality = source.metadata.get("modality")
+        if modality not in (None, "CT"):
+            warnings.warn(
+                f"window={window!r} is in Hounsfield units (CT), but the input's modality is "
+                f"{modality}",
+                UserWarning,
+                stacklevel=2,
+            )
     if backend is not None:
         backend.check_channels(source.n_channels)
     dims = backend.spatial_dims if backend is not None else 2
@@ -249,22 +286,39 @@ def iter_segment(
         "threshold": threshold,
         "chunks": list(out_chunks),
         "source_metadata": {k: v for k, v in source.metadata.items() if _is_json(v)},
+        "bands": source.metadata.get("band_indexes") if bands is not None else None,
+        "window": list(window_lw) if window_lw is not None else None,
     }
 
     store = None
     done = None
     stats: IntensityStats | None = None
     out_path = Path(out) if out is not None else None
+    final = out_path
+    final_files: list[Path] = []
+    if final is not None:
+        final_files = output.final_files(final, probabilities=probabilities)
+        out_path = output.working_store(final)
+        attrs["output"] = {"path": str(final), "format": output.output_kind(final)}
     if out_path is not None:
         action = check_output_path(
             out_path, input_path=source.path, overwrite=overwrite, resume=resume
+        )
+        output.check_final_files(
+            final_files,
+            input_path=source.path,
+            overwrite=overwrite,
+            resume_existing=action == "resume",
         )
         if action == "resume":
             store, stored = OutputStore.open_for_resume(out_path, attrs)
             stats = IntensityStats.from_dict(stored["stats"])
             done = store.done_grid()
     if stats is None:
-        stats = compute_stats(source)
+        if window_lw is not None:
+            stats = IntensityStats.from_window(*window_lw, n_channels=source.n_channels)
+        else:
+            stats = compute_stats(source)
     attrs["stats"] = stats.to_dict()
     if out_path is not None and store is None:
         store = OutputStore.create(
@@ -300,13 +354,23 @@ def iter_segment(
         cancel=cancel,
     )
     complete = not info.cancelled
+    files: list[Path] = []
     if store is not None:
         store.update_attrs(status="complete" if complete else "cancelled")
-        probabilities, labels, metadata = store.probabilities, store.labels, store.attrs
+        probs, labels, metadata = store.probabilities, store.labels, store.attrs
+        if complete and final is not None:
+            files = output.export(
+                store,
+                final,
+                label_names={i + 1: p for i, p in enumerate(prompts)},
+                source_metadata=metadata.get("source_metadata", {}),
+                probabilities=probabilities,
+                overwrite=overwrite,
+            )
     else:
-        probabilities, labels, metadata = sink.probabilities, sink.labels, attrs
+        probs, labels, metadata = sink.probabilities, sink.labels, attrs
     return SegmentationResult(
-        probabilities=probabilities,
+        probabilities=probs,
         labels=labels,
         label_names={i + 1: p for i, p in enumerate(prompts)},
         prompts=prompts,
@@ -315,6 +379,7 @@ def iter_segment(
         info=info,
         stats=stats,
         metadata=metadata,
+        files=files,
     )
 
 
@@ -336,6 +401,9 @@ def segment(
     progress: Callable[[int, int], Any] | None = None,
     cancel: threading.Event | None = None,
     chunks: int | None = None,
+    bands: Sequence[int | str] | str | None = None,
+    window: str | Sequence[float] | None = None,
+    probabilities: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` by text prompts with overlapping, gaussian-blended windows.
 
@@ -343,8 +411,9 @@ def segment(
     ----------
     image : array-like, str or PathLike
         (Y, X[, C]) or (Z, Y, X[, C]) numpy, dask or zarr array, or a path to a ``.zarr``
-        store (plain array or OME-Zarr), a ``.tif``/``.tiff`` or a ``.npy`` file. Read lazily,
-        never written to.
+        store (plain array or OME-Zarr), a ``.tif``/``.tiff`` (GeoTIFF/COG through rasterio),
+        a ``.npy``, a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series. Read
+        lazily, never written to.
     prompts : str or list of str
         What to segment, e.g. ``"nuclei"`` or ``["nuclei", "membrane"]``.
     model : None, str, PathLike, PromptSegmenter or callable, optional
@@ -369,8 +438,13 @@ def segment(
     channel_axis : int, optional
         Axis of ``image`` that holds channels; without it every axis is spatial.
     out : str or PathLike, optional
-        Zarr store to write ``labels`` and ``probabilities`` to, chunk by chunk as they are
-        finished; without it the result is returned in memory.
+        Where to write the result; without it the result is returned in memory. A ``.zarr``
+        store (or a path without suffix) receives ``labels`` and ``probabilities`` chunk by
+        chunk. A ``.tif``/``.tiff`` file gets the labels as a tiled, compressed GeoTIFF with
+        the input's CRS and transform (a plain TIFF for inputs without georeferencing); a
+        ``.nii``/``.nii.gz`` file gets them as NIfTI with the input's affine. Both are written
+        from a working store ``out + ".zarr"`` once the run is complete (see
+        ``docs/formats.md``).
     resume : bool
         Complete an interrupted run in ``out``: only chunks not yet written are computed,
         and the result is identical to an uninterrupted run.
@@ -383,6 +457,15 @@ def segment(
         and ``out`` can be resumed.
     chunks : int, optional
         Output chunk edge along the window axes (default 256).
+    bands : sequence of int or str, or str, optional
+        Bands of a (Geo)TIFF to segment, by 1-based index or description, e.g. ``"3,2,1"``
+        for a Landsat RGB composite.
+    window : str or (float, float), optional
+        CT window replacing the percentile normalisation: a preset (``"bone"``,
+        ``"soft-tissue"``, ``"lung"``, ``"brain"``), ``"L,W"`` or ``(level, width)`` in HU.
+    probabilities : bool
+        With a TIFF or NIfTI ``out=``, also write the probabilities to
+        ``{stem}_probabilities{suffix}`` (one band or volume per prompt).
 
     Returns
     -------
@@ -413,6 +496,9 @@ def segment(
         overwrite=overwrite,
         cancel=cancel,
         chunks=chunks,
+        bands=bands,
+        window=window,
+        probabilities=probabilities,
     )
     while True:
         try:

@@ -6,6 +6,8 @@ image inside them. Sizes and intensities are accumulated block by block, so a za
 result is never loaded whole; counting objects needs connected components of the whole
 mask, which is done in memory up to ``max_label_voxels`` and skipped (reported as unknown)
 above it.
+
+Volumes in mm^3 (NIfTI, DICOM) are also given in millilitres (1 mL = 1000 mm^3).
 """
 
 from __future__ import annotations
@@ -45,11 +47,48 @@ def _unit_power(units: Sequence[str] | None, ndim: int) -> tuple[str, bool]:
         if len(names) == 1:
             (u,) = names
             if u not in ("pixel", "px", ""):
-                u = {"micrometer": "um", "millimeter": "mm", "meter": "m", "nanometer": "nm"}.get(
-                    u, u
-                )
+                u = {
+                    "micrometer": "um",
+                    "millimeter": "mm",
+                    "meter": "m",
+                    "metre": "m",
+                    "nanometer": "nm",
+                }.get(u, u)
                 return (f"{u}^{ndim}" if ndim > 1 else u), True
     return ("px" if ndim == 2 else "voxel"), False
+
+
+#: Cubic units -> millilitres per unit.
+_ML_PER_UNIT = {"mm^3": 1e-3, "cm^3": 1.0, "m^3": 1e6}
+
+
+def millilitres(size: float, unit: str) -> float | None:
+    """``size`` in mL when ``unit`` is a volume in mm^3, cm^3 or m^3, else None."""
+    factor = _ML_PER_UNIT.get(unit)
+    return None if factor is None else size * factor
+
+
+def physical_size(
+    voxels: int, scale: Sequence[float] | None, units: Sequence[str] | None, ndim: int
+) -> tuple[float, str, float | None] | None:
+    """``(size, unit, millilitres)`` of ``voxels`` pixels/voxels, or None without units.
+
+    Parameters
+    ----------
+    voxels : int
+        Number of pixels (2D) or voxels (3D).
+    scale, units : sequence, optional
+        Pixel size and unit per axis (the last ``ndim`` are used).
+    ndim : int
+        2 for areas, 3 for volumes.
+    """
+    if not scale or len(scale) < ndim:
+        return None
+    unit, physical = _unit_power(units, ndim)
+    if not physical:
+        return None
+    size = voxels * float(np.prod([float(s) for s in scale[-ndim:]]))
+    return size, unit, millilitres(size, unit)
 
 
 def measure(
@@ -142,8 +181,13 @@ def report(measurements: Sequence[ClassMeasurement], *, ndim: int = 3) -> str:
             parts.append(f"{m.objects} object{'s' if m.objects != 1 else ''}")
             if m.median_object_size is not None:
                 parts.append(f"median {word} {m.median_object_size:.3g} {m.unit}")
+            ml = millilitres(m.size, m.unit)
+            if ml is not None:
+                parts.append(f"total {word} {m.size:.4g} {m.unit} = {ml:.4g} mL")
         else:
-            parts.append(f"total {word} {m.size:.3g} {m.unit} (objects not counted: too large)")
+            ml = millilitres(m.size, m.unit)
+            total = f"{m.size:.3g} {m.unit}" + (f" = {ml:.4g} mL" if ml is not None else "")
+            parts.append(f"total {word} {total} (objects not counted: too large)")
         parts.append(f"{100 * m.fraction:.1f} % of the {'volume' if ndim == 3 else 'image'}")
         if m.mean_intensity is not None:
             parts.append(f"mean intensity {m.mean_intensity:.4g}")

@@ -4,11 +4,16 @@ Per-window min/max or percentile normalisation makes the same structure look dif
 neighbouring windows and leaves seams. The engine computes robust percentiles once, from a
 deterministic random sample of blocks spread over the whole input, and hands them to the
 backend with every batch.
+
+CT windowing replaces the percentiles with a fixed range: a window of level ``L`` and width
+``W`` maps ``L - W/2 .. L + W/2`` Hounsfield units to the model's input range, for every
+backend, because every backend's ``preprocess`` normalises with these statistics.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +23,14 @@ from ..io.image import ImageSource
 
 #: Inputs with at most this many values are measured exactly, without sampling.
 EXACT_LIMIT = 1 << 24
+
+#: CT window presets, name -> (level, width) in Hounsfield units.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "bone": (400.0, 1800.0),
+    "soft-tissue": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "brain": (40.0, 80.0),
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,9 @@ class IntensityStats:
         Number of values per channel the percentiles were taken from.
     exact : bool
         True when every value of the input was used.
+    window : tuple of float, optional
+        ``(level, width)`` when the range is a fixed CT window rather than percentiles; then
+        ``p_low``, ``p_high`` and ``n_values`` are unused.
     """
 
     low: tuple[float, ...]
@@ -42,6 +58,19 @@ class IntensityStats:
     p_high: float = 99.8
     n_values: int = 0
     exact: bool = True
+    window: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_window(cls, level: float, width: float, n_channels: int) -> IntensityStats:
+        """Fixed statistics of a CT window: ``level -/+ width / 2`` for every channel."""
+        low, high = level - width / 2, level + width / 2
+        return cls(
+            (low,) * n_channels,
+            (high,) * n_channels,
+            n_values=0,
+            exact=True,
+            window=(float(level), float(width)),
+        )
 
     def scale(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (offset, 1 / range): ``(x - offset) * inv`` maps low..high to 0..1."""
@@ -56,6 +85,46 @@ class IntensityStats:
     def from_dict(cls, d: dict[str, Any]) -> IntensityStats:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**fields)
+
+
+def parse_window(window: str | Sequence[float]) -> tuple[float, float]:
+    """``"bone"``, ``"40,400"`` or ``(40, 400)`` -> ``(level, width)``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset, text that is not ``"L,W"``, or a width that is not positive.
+    """
+    presets = ", ".join(WINDOW_PRESETS)
+    if isinstance(window, str):
+        text = window.strip().lower()
+        if text in WINDOW_PRESETS:
+            return WINDOW_PRESETS[text]
+        parts = text.split(",")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 2:
+            raise ValueError(
+                f"window must be a preset ({presets}) or 'LEVEL,WIDTH' in HU, got {window!r}"
+            )
+    else:
+        try:
+            values = [float(v) for v in window]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 2:
+            raise ValueError(
+                f"window must be a preset ({presets}) or (level, width) in HU, got {window!r}"
+            )
+    level, width = values
+    if not (math.isfinite(level) and math.isfinite(width)) or width <= 0:
+        raise ValueError(
+            f"window width must be a positive number and the level finite, got level={level}, "
+            f"width={width}"
+        )
+    return level, width
 
 
 def _sample_blocks(source: ImageSource, max_blocks: int) -> list[tuple[slice, ...]]:

@@ -4,7 +4,9 @@ Layout of a store written by :func:`napari_llmseg.segment` with ``out=``::
 
     out.zarr/
       zarr.json          group attributes under "napari_llmseg": prompts, label names, model,
-                         parameters, input description, intensity statistics, status, version
+                         parameters, input description, intensity statistics, status, version;
+                         "source_metadata" keeps the input's geometry (GeoTIFF: crs_wkt and
+                         transform; NIfTI/DICOM: affine and spacing)
       labels/            (*spatial) uint8/uint16, 0 = background, i = prompts[i - 1]
       probabilities/     (P, *spatial) float32
       _chunks_done/      one uint8 per output chunk; 1 once that chunk's labels and
@@ -39,6 +41,8 @@ RESUME_KEYS = (
     "threshold",
     "chunks",
     "channel_axis",
+    "bands",
+    "window",
 )
 
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: File types :func:`open_image` understands, by suffix.
-SUPPORTED_SUFFIXES = (".zarr", ".tif", ".tiff", ".npy")
+#: File types :func:`open_image` understands, by suffix (plus folders of DICOM files).
+SUPPORTED_SUFFIXES = (".zarr", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 
 
 @dataclass
@@ -166,30 +167,47 @@ class ImageSource:
         return bad
 
 
-def open_image(image: Any, *, channel_axis: int | None = None) -> ImageSource:
+def open_image(
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    bands: Sequence[int | str] | str | None = None,
+) -> ImageSource:
     """Open an array or a file path as an :class:`ImageSource`, without reading it.
 
     Parameters
     ----------
     image : array-like, str or PathLike
         A numpy, dask or zarr array (anything with ``shape``, ``dtype`` and slicing), or a
-        path to a ``.zarr`` store, a ``.tif``/``.tiff`` file or a ``.npy`` file.
+        path to a ``.zarr`` store, a ``.tif``/``.tiff`` file (GeoTIFFs through rasterio), a
+        ``.npy`` file, a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
     channel_axis : int, optional
         Axis holding channels. Without it every axis is spatial; TIFF files whose metadata
         names a channel (``C``) or sample (``S``) axis get it from there.
+    bands : sequence of int or str, or str, optional
+        Bands of a (Geo)TIFF to use, in order, by 1-based index as in GDAL and rasterio or by
+        band description: ``[3, 2, 1]``, ``"3,2,1"`` or ``["red", "green", "blue"]``. Reads
+        the file through rasterio (the ``geo`` extra).
 
     Returns
     -------
     ImageSource
     """
     if isinstance(image, ImageSource):
+        if bands is not None:
+            raise ValueError("bands= applies when opening a file; got an ImageSource")
         return image
     if isinstance(image, (str, os.PathLike)):
-        return _open_path(Path(image), channel_axis)
+        return _open_path(Path(image), channel_axis, bands)
+    if bands is not None:
+        raise ValueError(
+            f"bands= selects bands of a TIFF/GeoTIFF file; for a {type(image).__name__}, "
+            "select the channels before calling"
+        )
     if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
         raise TypeError(
-            "image must be an array (numpy, dask, zarr) or a path to a .zarr, .tif/.tiff or "
-            f".npy file, got {type(image).__name__}"
+            "image must be an array (numpy, dask, zarr) or a path to a .zarr, .tif/.tiff, .npy "
+            f"or .nii/.nii.gz file or a DICOM folder, got {type(image).__name__}"
         )
     _check_dtype(image.dtype, type(image).__name__)
     return ImageSource(image, channel_axis, name=type(image).__name__)
@@ -201,16 +219,45 @@ def _check_dtype(dtype: Any, what: str) -> None:
         raise TypeError(f"{what} has dtype {np.dtype(dtype)}; expected an integer or float image")
 
 
-def _open_path(path: Path, channel_axis: int | None) -> ImageSource:
+def _open_path(path: Path, channel_axis: int | None, bands: Any = None) -> ImageSource:
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: '{path}'")
     suffix = path.suffix.lower()
-    if any(part.lower().endswith(".zarr") for part in path.parts):
+    if path.name.lower().endswith(".nii.gz"):
+        suffix = ".nii.gz"
+    is_zarr = any(part.lower().endswith(".zarr") for part in path.parts)
+    if is_zarr:
         suffix = ".zarr"  # a store, or an array or group inside one
+    if bands is not None and suffix not in (".tif", ".tiff"):
+        raise ValueError(
+            f"bands= selects bands of a TIFF/GeoTIFF file, '{path}' is not one; select "
+            "channels with channel_axis= and an array instead"
+        )
+    if suffix in (".nii", ".nii.gz") or (path.is_dir() and not is_zarr):
+        if channel_axis is not None:
+            raise ValueError(
+                f"channel_axis= does not apply to NIfTI or DICOM input ('{path}'), got "
+                f"{channel_axis}"
+            )
+        from .medical import open_dicom_series, open_nifti
+
+        return open_nifti(path) if path.is_file() else open_dicom_series(path)
+    if suffix in (".tif", ".tiff"):
+        from .geotiff import use_rasterio
+
+        if use_rasterio(path, bands):
+            if channel_axis is not None:
+                raise ValueError(
+                    f"channel_axis= does not apply to a GeoTIFF ('{path}'): its bands are the "
+                    f"channels; got {channel_axis}"
+                )
+            from .geotiff import open_geotiff
+
+            return open_geotiff(path, bands=bands)
     if suffix not in SUPPORTED_SUFFIXES:
         raise ValueError(
             f"unsupported file type '{path.suffix or path.name}' for '{path}'; "
-            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)} or a folder of DICOM files"
         )
     metadata: dict = {"source": str(path)}
     if suffix == ".npy":

@@ -9,9 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from .io._optional import MissingExtraError
 
 #: Errors that mean "the user gave something we cannot use": reported in one line, exit 2.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    MissingExtraError,
+)
 
 
 def _probability(text: str) -> float:
@@ -34,11 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser(
         "segment",
         help="segment an image by text prompts",
-        description="Segment INPUT (.zarr, .tif/.tiff, .npy) by text prompts; write labels and "
-        "probabilities to a zarr store.",
-        epilog="example: napari-llmseg segment sample_data/nuclei.tif -p nuclei -o nuclei.zarr",
+        description="Segment INPUT (.zarr, .tif/.tiff incl. GeoTIFF, .npy, .nii/.nii.gz, or a "
+        "DICOM folder) by text prompts; write labels and probabilities to a zarr store, "
+        "labels to a GeoTIFF or NIfTI file with the input's georeferencing or affine, and "
+        "polygons to a GeoPackage/GeoJSON file.",
+        epilog="examples: napari-llmseg segment sample_data/nuclei.tif -p nuclei -o nuclei.zarr | "
+        "napari-llmseg segment scene.tif --bands 3,2,1 -p water -o water.tif --vector "
+        "water.gpkg | napari-llmseg segment ct/ -p bone --window bone -o bone.nii.gz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    seg.add_argument("input", help="image: a .zarr store, .tif/.tiff or .npy file")
+    seg.add_argument(
+        "input", help="image: .zarr, .tif/.tiff, .npy, .nii/.nii.gz, or a DICOM series folder"
+    )
     seg.add_argument(
         "-p",
         "--prompt",
@@ -47,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="what to segment; repeat for several prompts",
     )
-    seg.add_argument("-o", "--out", required=True, help="output zarr store (e.g. result.zarr)")
+    seg.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output: a .zarr store, a .tif/.tiff (GeoTIFF) or .nii/.nii.gz file (written from "
+        "a working store OUT.zarr kept beside it)",
+    )
     seg.add_argument("--model", default=None, help="model name or folder (default: llmseg-tiny)")
     seg.add_argument(
         "--roi", type=int, default=None, help="window size in pixels (default: the model's)"
@@ -70,6 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel-axis", type=int, default=None, help="axis holding channels, if any"
     )
     seg.add_argument("--chunks", type=int, default=None, help="output chunk edge (default 256)")
+    seg.add_argument(
+        "--bands",
+        default=None,
+        help="(Geo)TIFF bands by 1-based number or description, e.g. 3,2,1 for an RGB "
+        "composite of Landsat bands 3, 2, 1",
+    )
+    seg.add_argument(
+        "--window",
+        default=None,
+        help="CT window instead of percentile normalisation: bone, soft-tissue, lung, brain, "
+        "or LEVEL,WIDTH in HU",
+    )
+    seg.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="with a .tif/.nii output, also write OUT_probabilities.tif/.nii.gz",
+    )
+    seg.add_argument(
+        "--vector",
+        default=None,
+        help="also write polygons of the labels (2D inputs) to a .gpkg or .geojson file, in the "
+        "input's CRS, with fields label, value and area",
+    )
+    seg.add_argument(
+        "--simplify",
+        type=float,
+        default=None,
+        help="simplify --vector polygons with this tolerance in CRS units",
+    )
     seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -99,6 +151,12 @@ def _segment(args: argparse.Namespace) -> int:
             )
         bar.update(done - bar.n)
 
+    if args.simplify is not None and args.vector is None:
+        raise ValueError("--simplify applies to --vector output; add --vector out.gpkg")
+    if args.simplify is not None and not args.simplify >= 0:
+        raise ValueError(f"--simplify must be a tolerance >= 0 in CRS units, got {args.simplify}")
+    if args.vector is not None:
+        _check_vector(args)
     cancel = threading.Event()
     try:
         result = segment(
@@ -118,6 +176,9 @@ def _segment(args: argparse.Namespace) -> int:
             progress=progress,
             cancel=cancel,
             chunks=args.chunks,
+            bands=args.bands,
+            window=args.window,
+            probabilities=args.probabilities,
         )
     except KeyboardInterrupt:
         if bar is not None:
@@ -131,10 +192,47 @@ def _segment(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"wrote {result.out}")
+    for path in result.files:
+        print(f"wrote {path}")
+    if args.vector is not None:
+        from .io.vector import write_vector
+
+        meta = result.metadata.get("source_metadata", {})
+        target = Path(args.vector)
+        if not target.exists() or args.overwrite:  # after --resume it was written already
+            write_vector(
+                target,
+                result.labels,
+                result.label_names,
+                transform=meta.get("transform"),
+                crs_wkt=meta.get("crs_wkt"),
+                simplify=args.simplify,
+                overwrite=args.overwrite,
+            )
+            print(f"wrote {target}")
+    if result.files or args.out != str(result.out):
+        print(f"working store {result.out} (what --resume completes; delete it when done)")
+    else:
+        print(f"wrote {result.out}")
     for line in result.summary():
         print(line)
     return 0
+
+
+def _check_vector(args: argparse.Namespace) -> None:
+    """Refuse an unusable --vector before the run rather than after it."""
+    from .io.image import open_image
+    from .io.vector import check_vector_target
+
+    target = Path(args.vector)
+    check_vector_target(target, overwrite=args.overwrite or args.resume)
+    if target.exists() and args.resume and not args.overwrite:
+        return  # written by the run being resumed
+    source = open_image(args.input, channel_axis=args.channel_axis, bands=args.bands)
+    if len(source.spatial_shape) != 2:
+        raise ValueError(
+            f"--vector needs a 2D image; '{args.input}' has spatial shape {source.spatial_shape}"
+        )
 
 
 def _models() -> int:

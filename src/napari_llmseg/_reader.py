@@ -1,4 +1,4 @@
-"""napari reader for .zarr stores (glue only; the work is in io.ome.read_store)."""
+"""napari readers: zarr/OME-Zarr stores, GeoTIFF, NIfTI (glue only; the work is in io/)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ from pathlib import Path
 from typing import Any
 
 
-def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
-    """Return a reader for a .zarr store, or None so that napari asks other plugins."""
+def _single(path: str | list[str]) -> Path | None:
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
-    p = Path(path)
-    if not (p.suffix.lower() == ".zarr" and p.is_dir()):
+    return Path(path)
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """Return a reader for a .zarr store, or None so that napari asks other plugins."""
+    p = _single(path)
+    if p is None or not (p.suffix.lower() == ".zarr" and p.is_dir()):
         return None
     return read_zarr
 
@@ -25,3 +29,45 @@ def read_zarr(path: str | list[str]) -> list[tuple]:
     if isinstance(path, list):
         path = path[0]
     return read_store(path)
+
+
+def get_geotiff_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """A reader for a georeferenced TIFF (rasterio installed); plain TIFFs are left to others."""
+    import importlib.util
+
+    p = _single(path)
+    if p is None or p.suffix.lower() not in (".tif", ".tiff") or not p.is_file():
+        return None
+    if importlib.util.find_spec("rasterio") is None:
+        return None
+    from .io.geotiff import is_georeferenced
+
+    return read_geotiff if is_georeferenced(p) else None
+
+
+def read_geotiff(path: str | list[str]) -> list[tuple]:
+    from .io.geotiff import read_layers
+
+    if isinstance(path, list):
+        path = path[0]
+    return read_layers(path)
+
+
+def get_nifti_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
+    """A reader for .nii/.nii.gz files (nibabel installed)."""
+    import importlib.util
+
+    p = _single(path)
+    if p is None or not p.name.lower().endswith((".nii", ".nii.gz")) or not p.is_file():
+        return None
+    if importlib.util.find_spec("nibabel") is None:
+        return None
+    return read_nifti
+
+
+def read_nifti(path: str | list[str]) -> list[tuple]:
+    from .io.medical import read_layers
+
+    if isinstance(path, list):
+        path = path[0]
+    return read_layers(path)

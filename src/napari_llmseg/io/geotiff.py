@@ -502,3 +502,51 @@ def label_tags(label_names: Mapping[int, str], extra: Mapping[str, Any] | None =
         {"label_names": {str(k): v for k, v in label_names.items()}, **(extra or {})}
     )
     return tags
+
+
+# --- napari layer data (plain tuples: this module does not import napari) -----------------
+def read_layers(path: str | Path) -> list[tuple[Any, dict, str]]:
+    """napari layer data for a GeoTIFF: lazy (dask) data with scale and translate from the
+    transform, units from the CRS, the georeferencing in ``metadata``.
+
+    A labels GeoTIFF written by napari-llmseg opens as a Labels layer with its prompt names;
+    3 or 4 uint8 bands as one RGB(A) image; other multiband rasters as one image per band.
+    """
+    import dask.array as da
+
+    from .ome import label_color
+
+    source = open_geotiff(path)
+    array = source.array
+    data = da.from_array(array, chunks=(COPY_WINDOW, COPY_WINDOW, array.shape[2]))
+    meta = source.metadata
+    name = Path(path).name.rsplit(".", 1)[0]
+    kwargs: dict[str, Any] = {"metadata": {"napari_llmseg_source": meta}}
+    for key in ("scale", "translate", "units"):
+        if meta.get(key) is not None:
+            kwargs[key] = tuple(meta[key])
+    with _open_quiet(str(path)) as ds:
+        tags = ds.tags()
+    if "napari_llmseg" in tags and array.shape[2] == 1 and source.dtype.kind in "ui":
+        names = {int(k): v for k, v in json.loads(tags["napari_llmseg"])["label_names"].items()}
+        ids = [0, *sorted(names)]
+        kwargs["features"] = {
+            "index": ids,
+            "prompt": ["background"] + [names[i] for i in ids[1:]],
+        }
+        kwargs["colormap"] = {
+            None: (0, 0, 0, 0),
+            0: (0, 0, 0, 0),
+            **{i: tuple(c / 255 for c in label_color(i)) for i in names},
+        }
+        return [(data[..., 0], {"name": name, **kwargs}, "labels")]
+    n = array.shape[2]
+    if n == 1:
+        return [(data[..., 0], {"name": name, **kwargs}, "image")]
+    if n in (3, 4) and source.dtype == np.uint8:
+        return [(data, {"name": name, "rgb": True, **kwargs}, "image")]
+    band_names = [
+        f"{name} {d}" if d else f"{name} band {i}"
+        for i, d in zip(meta["band_indexes"], meta["band_descriptions"], strict=True)
+    ]
+    return [(data, {"name": band_names, "channel_axis": 2, **kwargs}, "image")]

@@ -521,3 +521,55 @@ def write_nifti(
 def label_description(label_names: Mapping[int, str]) -> str:
     """``"napari-llmseg labels: 1=bone 2=brain"`` for the NIfTI descrip field."""
     return "napari-llmseg labels: " + " ".join(f"{i}={n}" for i, n in label_names.items())
+
+
+# --- napari layer data (plain tuples: this module does not import napari) -----------------
+def _label_names_from_descrip(descrip: str) -> dict[int, str]:
+    import re
+
+    prefix = "napari-llmseg labels: "
+    if not descrip.startswith(prefix):
+        return {}
+    pairs = re.findall(r"(\d+)=(.*?)(?= \d+=|$)", descrip[len(prefix) :])
+    return {int(i): n for i, n in pairs}
+
+
+def read_layers(path: str | Path) -> list[tuple[Any, dict, str]]:
+    """napari layer data for a NIfTI file: lazy (Z, Y, X) data with scale from the voxel
+    spacing, translate from an axis-aligned affine, units in mm, the affine in ``metadata``.
+
+    A label map (NIfTI intent "label") opens as a Labels layer, with the prompt names that
+    napari-llmseg writes into the header description.
+    """
+    import dask.array as da
+
+    from .ome import label_color
+
+    source = open_nifti(path)
+    array = source.array
+    data = da.from_array(array, chunks=array.chunks)
+    meta = source.metadata
+    name = Path(path).name
+    name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
+    kwargs: dict[str, Any] = {"name": name, "metadata": {"napari_llmseg_source": meta}}
+    for key in ("scale", "translate", "units"):
+        if meta.get(key) is not None:
+            kwargs[key] = tuple(meta[key])
+    nib = _nibabel("reading NIfTI")
+    hdr = nib.load(path).header
+    if hdr.get_intent()[0] == "label" and source.dtype.kind in "ui":
+        descrip = hdr["descrip"].item().decode("ascii", "replace")
+        names = _label_names_from_descrip(descrip)
+        if names:
+            ids = [0, *sorted(names)]
+            kwargs["features"] = {
+                "index": ids,
+                "prompt": ["background"] + [names[i] for i in ids[1:]],
+            }
+            kwargs["colormap"] = {
+                None: (0, 0, 0, 0),
+                0: (0, 0, 0, 0),
+                **{i: tuple(c / 255 for c in label_color(i)) for i in names},
+            }
+        return [(data, kwargs, "labels")]
+    return [(data, {**kwargs, "colormap": "gray"}, "image")]

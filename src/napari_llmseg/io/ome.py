@@ -167,8 +167,12 @@ def read_store(path: str | Path) -> list[LayerData]:
         meta = attrs[ATTR_KEY]
         labels: Any = node["labels"]
         names = {int(k): v for k, v in meta["label_names"].items()}
-        scale = meta.get("source_metadata", {}).get("scale")
-        common = {"scale": tuple(scale)} if scale and len(scale) == len(labels.shape) else {}
+        source = meta.get("source_metadata", {})
+        common = {
+            key: tuple(source[key])
+            for key in ("scale", "translate")
+            if source.get(key) and len(source[key]) == len(labels.shape)
+        }
         ids = [0, *sorted(names)]
         layers.append(
             (

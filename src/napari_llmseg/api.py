@@ -45,7 +45,8 @@ class SegmentationResult:
     complete : bool
         False when the run was cancelled; with ``out=`` it can be resumed.
     info : RunInfo
-        Windows and batches run, time spent in the model, chunks written.
+        Windows and batches run, time spent in the model, chunks written, and the batch size
+        in effect at the end (lower than asked after a GPU out-of-memory error).
     stats : IntensityStats
         The whole-input intensity statistics the model saw.
     metadata : dict
@@ -89,6 +90,10 @@ class _BackendPredictor:
         self.backend, self.stats = backend, stats
         self.encoded = backend.encode_prompts(prompts)
         self.n_outputs = len(prompts)
+
+    @property
+    def batch_limit(self) -> int | None:
+        return self.backend.batch_limit
 
     def pad_value(self) -> np.ndarray:
         return self.backend.pad_value(self.stats)
@@ -301,9 +306,12 @@ def iter_segment(
     )
     complete = not info.cancelled
     if store is not None:
-        store.update_attrs(status="complete" if complete else "cancelled")
+        store.update_attrs(
+            status="complete" if complete else "cancelled", batch_size_used=info.batch_size_used
+        )
         probabilities, labels, metadata = store.probabilities, store.labels, store.attrs
     else:
+        attrs["batch_size_used"] = info.batch_size_used
         probabilities, labels, metadata = sink.probabilities, sink.labels, attrs
     return SegmentationResult(
         probabilities=probabilities,

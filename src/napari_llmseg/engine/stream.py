@@ -44,7 +44,12 @@ class Progress:
 
 @dataclass
 class RunInfo:
-    """What a run did; returned by :func:`run`."""
+    """What a run did; returned by :func:`run`.
+
+    ``batch_size_used`` is the number of windows the model ran at once when the run ended:
+    the requested batch size, or less when the model had to lower it (a backend halves its
+    batches after a GPU out-of-memory error, see ``Predictor.batch_limit``).
+    """
 
     windows: int = 0
     total: int = 0
@@ -53,10 +58,15 @@ class RunInfo:
     cancelled: bool = False
     predict_seconds: float = 0.0
     seconds: float = 0.0
+    batch_size_used: int = 0
 
 
 class Predictor(Protocol):
-    """What the engine needs from a model (see ``api._BackendPredictor``)."""
+    """What the engine needs from a model (see ``api._BackendPredictor``).
+
+    A predictor may also have a ``batch_limit`` attribute (int or None): the most windows its
+    model runs at once, which the engine reports as ``RunInfo.batch_size_used``.
+    """
 
     n_outputs: int
 
@@ -351,7 +361,7 @@ def run(
         Returned as the generator's value (``StopIteration.value``).
     """
     t_start = time.perf_counter()
-    info = RunInfo()
+    info = RunInfo(batch_size_used=batch_size)
     group = plane_group(source, plan, predictor.n_outputs)
     batches = batches_to_run(plan, plan.order(group), batch_size, done)
     info.total = int(sum(len(b) for b in batches))
@@ -372,6 +382,9 @@ def run(
             t0 = time.perf_counter()
             logits = predictor.predict(batch.prepared)
             info.predict_seconds += time.perf_counter() - t0
+            limit = getattr(predictor, "batch_limit", None)
+            if limit is not None:
+                info.batch_size_used = min(batch_size, int(limit))
             if logits.shape != (len(batch.rows), *expected):
                 raise ValueError(
                     f"the model returned logits of shape {tuple(logits.shape)} for a batch of "

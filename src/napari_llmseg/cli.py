@@ -10,8 +10,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .backends.hf import WeightsUnavailableError
+
 #: Errors that mean "the user gave something we cannot use": reported in one line, exit 2.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
+#: WeightsUnavailableError (weights not cached and not fetchable) says how to get them.
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    WeightsUnavailableError,
+)
 
 
 def _probability(text: str) -> float:
@@ -48,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to segment; repeat for several prompts",
     )
     seg.add_argument("-o", "--out", required=True, help="output zarr store (e.g. result.zarr)")
-    seg.add_argument("--model", default=None, help="model name or folder (default: llmseg-tiny)")
+    seg.add_argument(
+        "--model",
+        default=None,
+        help="llmseg-tiny (default), clipseg, sam3, grounded-sam, NAME:MODEL_ID, NAME:FOLDER "
+        "or a model folder; see `napari-llmseg models`",
+    )
     seg.add_argument(
         "--roi", type=int, default=None, help="window size in pixels (default: the model's)"
     )
@@ -134,6 +149,11 @@ def _segment(args: argparse.Namespace) -> int:
     print(f"wrote {result.out}")
     for line in result.summary():
         print(line)
+    if result.info.batch_size_used < args.batch:
+        print(
+            f"note: GPU memory ran out with --batch {args.batch}; the run finished with "
+            f"{result.info.batch_size_used} windows at once"
+        )
     return 0
 
 

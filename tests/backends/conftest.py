@@ -71,13 +71,15 @@ def offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def put_in_cache(cache: Path, model_id: str, folder: Path, commit: str = "0" * 40) -> Path:
-    """Lay ``folder`` out in ``cache`` as the Hub client stores a downloaded snapshot."""
+def put_in_cache(
+    cache: Path, model_id: str, commit: str = "0" * 40, *, folder: Path, ref: str = "main"
+) -> Path:
+    """Lay ``folder`` out in ``cache`` as the Hub client stores a snapshot of ``ref``."""
     repo = cache / ("models--" + model_id.replace("/", "--"))
     snapshot = repo / "snapshots" / commit
     shutil.copytree(folder, snapshot)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / ref).write_text(commit)
     return snapshot
 
 

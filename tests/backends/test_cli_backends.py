@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
+from napari_llmseg.backends.registry import CLIPSEG_ID
 from napari_llmseg.cli import main
 
 from .conftest import put_in_cache
@@ -24,7 +25,7 @@ def small_npy(tmp_path, nuclei_plane):
 
 
 def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
-    put_in_cache(hf_cache, "CIDAS/clipseg-rd64-refined", clipseg_dir)
+    put_in_cache(hf_cache, *CLIPSEG_ID.split("@"), folder=clipseg_dir)
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
@@ -32,7 +33,7 @@ def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
     rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
     assert rows == {
         "llmseg-tiny": ["embedded", "no", "yes"],
-        "clipseg": ["CIDAS/clipseg-rd64-refined", "no", "yes"],
+        "clipseg": [CLIPSEG_ID, "no", "yes"],
         "sam3": ["facebook/sam3", "yes", "no"],
         "grounded-sam": ["IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base", "yes", "no"],
     }

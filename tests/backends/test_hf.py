@@ -23,6 +23,7 @@ from napari_llmseg.backends.hf import (
     resolve_source,
     run_in_chunks,
 )
+from napari_llmseg.backends.registry import CLIPSEG_ID
 from napari_llmseg.engine.normalize import IntensityStats
 
 from .conftest import put_in_cache
@@ -30,12 +31,14 @@ from .conftest import put_in_cache
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def unavailable_pattern(backend: str, model_id: str, reason: str) -> str:
+def unavailable_pattern(backend: str, spec: str, reason: str) -> str:
     import re
 
+    model_id, _, revision = spec.partition("@")
+    download = f"hf download {model_id}" + (f" --revision {revision}" if revision else "")
     return (
-        rf"cannot load the {backend} weights '{re.escape(model_id)}': {reason}.*Looked in the "
-        rf"Hugging Face cache '.*hf-cache'.*`hf download {re.escape(model_id)} --local-dir DIR`"
+        rf"cannot load the {backend} weights '{re.escape(spec)}': {reason}.*Looked in the "
+        rf"Hugging Face cache '.*hf-cache'.*`{re.escape(download)} --local-dir DIR`"
         rf".*pass --model {backend}:DIR"
     )
 
@@ -47,7 +50,7 @@ def unavailable_pattern(backend: str, model_id: str, reason: str) -> str:
 @pytest.mark.parametrize(
     ("model", "backend", "model_id"),
     [
-        ("clipseg", "clipseg", "CIDAS/clipseg-rd64-refined"),
+        ("clipseg", "clipseg", CLIPSEG_ID),
         ("sam3", "sam3", "facebook/sam3"),
         ("clipseg:nobody/no-such-model", "clipseg", "nobody/no-such-model"),
         ("grounded-sam", "grounded-sam detector", "IDEA-Research/grounding-dino-tiny"),
@@ -86,6 +89,7 @@ def test_offline_error_through_segment(hf_cache, offline):
             r"they are not cached and the Hub could not be reached "
             r"\(LocalEntryNotFoundError\)",
         ),
+        ("revision", r"the repository has no revision 'v9'"),
     ],
 )
 def test_fetch_failures_explain_why(hf_cache, monkeypatch, error, reason):
@@ -94,6 +98,7 @@ def test_fetch_failures_explain_why(hf_cache, monkeypatch, error, reason):
         GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     calls = []
@@ -107,16 +112,17 @@ def test_fetch_failures_explain_why(hf_cache, monkeypatch, error, reason):
             "gated": lambda: GatedRepoError("gated", response=response),
             "missing": lambda: RepositoryNotFoundError("404", response=response),
             "network": lambda: LocalEntryNotFoundError("Got: ConnectError"),
+            "revision": lambda: RevisionNotFoundError("404", response=response),
         }[error]()
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    with pytest.raises(
-        WeightsUnavailableError, match=unavailable_pattern("sam3", "facebook/sam3", reason)
-    ):
-        get_model("sam3:facebook/sam3", device="cpu")
+    spec = "facebook/sam3@v9" if error == "revision" else "facebook/sam3"
+    with pytest.raises(WeightsUnavailableError, match=unavailable_pattern("sam3", spec, reason)):
+        get_model(f"sam3:{spec}", device="cpu")
     assert [c.get("local_files_only", False) for c in calls] == [True, False]
+    assert all(c["revision"] == ("v9" if error == "revision" else None) for c in calls)
     assert all(c["allow_patterns"] == list(ALLOW_PATTERNS) for c in calls)
 
 
@@ -164,7 +170,9 @@ def test_fetch_downloads_only_config_tokenizer_and_safetensors(
     assert isinstance(model, CLIPSegBackend)
     assert model.describe() == {"name": "clipseg", "id": "org/good", "revision": clipseg_dir.name}
     with pytest.raises(
-        ValueError, match=r"'org/pickled' offers no .safetensors weights; .* refuses"
+        ValueError,
+        match=r"'org/pickled' offers no .safetensors weights; .* refuses .* pass its revision: "
+        r"clipseg:org/pickled@refs/pr/N",
     ):
         get_model("clipseg:org/pickled", device="cpu")
 
@@ -173,17 +181,27 @@ def test_model_id_loads_from_the_cache_with_no_network(hf_cache, offline, clipse
     from napari_llmseg.backends.registry import model_info
 
     assert not model_info("clipseg").available_offline
-    commit = "a" * 40
-    put_in_cache(hf_cache, "CIDAS/clipseg-rd64-refined", clipseg_dir, commit)
+    # the default is pinned to a commit: found in the cache without reading refs/
+    model_id, commit = CLIPSEG_ID.split("@")
+    put_in_cache(hf_cache, model_id, commit, folder=clipseg_dir, ref="unrelated")
     assert model_info("clipseg").available_offline
     model = get_model("clipseg", device="cpu")
-    assert model.describe() == {
-        "name": "clipseg",
-        "id": "CIDAS/clipseg-rd64-refined",
-        "revision": commit,
-    }
+    assert model.describe() == {"name": "clipseg", "id": model_id, "revision": commit}
+    # a plain id follows refs/main, ID@BRANCH follows refs/BRANCH
+    put_in_cache(hf_cache, "org/model", "b" * 40, folder=clipseg_dir)
+    put_in_cache(hf_cache, "org/other", "c" * 40, folder=clipseg_dir, ref="v2")
+    assert get_model("clipseg:org/model", device="cpu").describe()["revision"] == "b" * 40
+    assert get_model("clipseg:org/other@v2", device="cpu").describe()["revision"] == "c" * 40
+    with pytest.raises(
+        WeightsUnavailableError,
+        match=unavailable_pattern("clipseg", "org/model@v2", "they are not cached"),
+    ) as err:
+        get_model("clipseg:org/model@v2", device="cpu")
+    assert "`hf download org/model --revision v2 --local-dir DIR`" in str(err.value)
+    with pytest.raises(WeightsUnavailableError, match=r"weights 'org/model@refs/pr/5'"):
+        get_model("clipseg:org/model@refs/pr/5", device="cpu")  # an id, not a folder path
     # a cached snapshot without weights (an interrupted download) is not "available"
-    snapshot = hf_cache / "models--CIDAS--clipseg-rd64-refined" / "snapshots" / commit
+    snapshot = hf_cache / f"models--{model_id.replace('/', '--')}" / "snapshots" / commit
     (snapshot / "model.safetensors").unlink()
     assert not model_info("clipseg").available_offline
     with pytest.raises(WeightsUnavailableError, match="not cached and offline mode is on"):
@@ -202,9 +220,11 @@ def test_model_id_loads_from_the_cache_with_no_network(hf_cache, offline, clipse
         (
             "clipseg:bad id!",
             ValueError,
-            r"bad clipseg model 'bad id!': expected a Hugging Face "
-            r"model id such as 'CIDAS/clipseg-rd64-refined' or the path of a local model folder",
+            r"bad clipseg model 'bad id!': expected a Hugging Face model id such as "
+            r"'CIDAS/clipseg-rd64-refined@325a8.*' \(optionally ID@REVISION\) or the path of a "
+            r"local model folder",
         ),
+        ("clipseg:org/name@", ValueError, r"bad clipseg model 'org/name@'"),
         ("sam3:--x--", ValueError, r"bad sam3 model '--x--'"),
     ],
 )

@@ -16,7 +16,7 @@ def test_builtin_names_and_infos(hf_cache):
     assert list_models()[:4] == ["llmseg-tiny", "clipseg", "sam3", "grounded-sam"]
     assert model_info("clipseg") == ModelInfo(
         "clipseg",
-        "CIDAS/clipseg-rd64-refined",
+        "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6",
         False,
         False,
         "CLIPSeg: fast, coarse semantic masks (Apache-2.0)",
@@ -41,9 +41,9 @@ def test_builtin_names_and_infos(hf_cache):
 def test_grounded_sam_is_available_only_with_both_models(hf_cache, clipseg_dir):
     from .conftest import put_in_cache
 
-    put_in_cache(hf_cache, "IDEA-Research/grounding-dino-tiny", clipseg_dir)
+    put_in_cache(hf_cache, "IDEA-Research/grounding-dino-tiny", folder=clipseg_dir)
     assert not model_info("grounded-sam").available_offline
-    put_in_cache(hf_cache, "facebook/sam-vit-base", clipseg_dir)
+    put_in_cache(hf_cache, "facebook/sam-vit-base", folder=clipseg_dir)
     assert model_info("grounded-sam").available_offline
 
 

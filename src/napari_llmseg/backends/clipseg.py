@@ -33,9 +33,10 @@ from .hf import (
     run_in_chunks,
     to_window,
 )
+from .registry import CLIPSEG_ID
 
 NAME = "clipseg"
-DEFAULT_ID = "CIDAS/clipseg-rd64-refined"
+DEFAULT_ID = CLIPSEG_ID
 MODEL_TYPES = ("clipseg",)
 
 

@@ -58,10 +58,11 @@ from .hf import (
     run_in_chunks,
     to_window,
 )
+from .registry import GROUNDING_DINO_ID, SAM_ID
 
 NAME = "grounded-sam"
-DETECTOR_ID = "IDEA-Research/grounding-dino-tiny"
-SEGMENTER_ID = "facebook/sam-vit-base"
+DETECTOR_ID = GROUNDING_DINO_ID
+SEGMENTER_ID = SAM_ID
 DEFAULT_ID = f"{DETECTOR_ID}+{SEGMENTER_ID}"
 MODEL_TYPES = ("grounded-sam",)
 

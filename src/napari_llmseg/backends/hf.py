@@ -1,6 +1,7 @@
 """What every Hugging Face backend shares: finding weights, loading them safely, preparing windows.
 
-Finding weights (:func:`resolve_source`). A backend is given a local folder or a Hub model id.
+Finding weights (:func:`resolve_source`). A backend is given a local folder or a Hub model id,
+optionally pinned to a revision as ``ID@REVISION`` (a branch, tag, ``refs/pr/N`` or commit).
 An id is looked up in the Hugging Face cache first, with no network; only when the cache does
 not hold it is it fetched, once, with ``snapshot_download`` restricted to configuration,
 tokenizer and ``*.safetensors`` files (:data:`ALLOW_PATTERNS`), so pickle checkpoints are never
@@ -78,6 +79,13 @@ class ModelSource:
     model_id: str | None = None
     revision: str | None = None
 
+    @property
+    def spec(self) -> str:
+        """What to pass back to load the same files: ``ID@COMMIT`` or the folder."""
+        if self.model_id is None:
+            return str(self.folder)
+        return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+
     def describe(self) -> dict:
         """JSON-serialisable provenance: the model id and commit, or the folder."""
         if self.model_id is None:
@@ -107,7 +115,9 @@ def offline_mode() -> bool:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
+    """A path rather than ``ID[@REVISION]`` (ids have at most one "/"; revisions may have more)."""
+    model_id = text.partition("@")[0]
+    return text.startswith(("/", ".", "~")) or "\\" in text or model_id.count("/") > 1
 
 
 def resolve_source(spec: str | Path | None, *, backend: str, default_id: str) -> ModelSource:
@@ -116,7 +126,8 @@ def resolve_source(spec: str | Path | None, *, backend: str, default_id: str) ->
     Parameters
     ----------
     spec : str, Path or None
-        A local model folder, a Hugging Face model id, or None for ``default_id``.
+        A local model folder, a Hugging Face model id (``ID`` or ``ID@REVISION``), or None for
+        ``default_id``.
     backend : str
         Registry name, used in messages (``"clipseg"``...).
     default_id : str
@@ -136,25 +147,34 @@ def resolve_source(spec: str | Path | None, *, backend: str, default_id: str) ->
         return ModelSource(path)
     if _looks_like_path(text):
         raise ValueError(f"{backend} model folder '{text}' does not exist")
+    model_id, revision = split_revision(text, backend=backend, default_id=default_id)
+    folder = fetch_snapshot(model_id, backend=backend, revision=revision)
+    return ModelSource(folder, model_id, folder.name)
+
+
+def split_revision(text: str, *, backend: str, default_id: str) -> tuple[str, str | None]:
+    """``"ID@REVISION"`` -> (id, revision); ``"ID"`` -> (id, None). Validates the id."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    model_id, at, revision = text.partition("@")
     try:
-        validate_repo_id(text)
+        validate_repo_id(model_id)
+        if at and (not revision or any(c.isspace() for c in revision)):
+            raise HFValidationError(revision)
     except HFValidationError:
         raise ValueError(
             f"bad {backend} model {text!r}: expected a Hugging Face model id such as "
-            f"'{default_id}' or the path of a local model folder"
+            f"'{default_id}' (optionally ID@REVISION) or the path of a local model folder"
         ) from None
-    folder = fetch_snapshot(text, backend=backend)
-    return ModelSource(folder, text, folder.name)
+    return model_id, revision or None
 
 
 def _complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-def cached_snapshot(model_id: str) -> Path | None:
+def cached_snapshot(model_id: str, revision: str | None = None) -> Path | None:
     """The cached snapshot folder of ``model_id`` if it holds config and weights; no network."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
@@ -163,6 +183,7 @@ def cached_snapshot(model_id: str) -> Path | None:
         folder = Path(
             snapshot_download(
                 model_id,
+                revision=revision,
                 cache_dir=hub_cache_dir(),
                 allow_patterns=list(ALLOW_PATTERNS),
                 local_files_only=True,
@@ -173,35 +194,42 @@ def cached_snapshot(model_id: str) -> Path | None:
     return folder if _complete(folder) else None
 
 
-def is_cached(model_id: str) -> bool:
-    """Whether the weights of ``model_id`` are in the Hugging Face cache (no network)."""
-    return cached_snapshot(model_id) is not None
+def is_cached(spec: str) -> bool:
+    """Whether the weights of ``spec`` (``ID`` or ``ID@REVISION``) are cached (no network)."""
+    model_id, _, revision = spec.partition("@")
+    return cached_snapshot(model_id, revision or None) is not None
 
 
-def unavailable_message(model_id: str, backend: str, reason: str) -> str:
+def unavailable_message(
+    model_id: str, backend: str, reason: str, revision: str | None = None
+) -> str:
     """The one-line explanation of why weights cannot be loaded, and what to do."""
+    name = f"{model_id}@{revision}" if revision else model_id
+    download = f"hf download {model_id}" + (f" --revision {revision}" if revision else "")
     return (
-        f"cannot load the {backend} weights '{model_id}': {reason}. Looked in the Hugging Face "
+        f"cannot load the {backend} weights '{name}': {reason}. Looked in the Hugging Face "
         f"cache '{hub_cache_dir()}'. To use them here, download the model folder on a machine "
-        f"that can reach the Hub (`hf download {model_id} --local-dir DIR`), copy DIR to this "
-        f"machine and pass --model {backend}:DIR (in Python model='{backend}:DIR', or the "
-        "folder itself)"
+        f"that can reach the Hub (`{download} --local-dir DIR`), copy DIR to this machine and "
+        f"pass --model {backend}:DIR (in Python model='{backend}:DIR', or the folder itself)"
     )
 
 
-def fetch_snapshot(model_id: str, *, backend: str) -> Path:
+def fetch_snapshot(model_id: str, *, backend: str, revision: str | None = None) -> Path:
     """Local folder with the files of ``model_id``: from the cache, else fetched once.
 
     The fetch is a single ``snapshot_download`` that gives up on the first connection error
     (and within the Hub's timeouts), so nothing hangs when there is no network.
     """
-    cached = cached_snapshot(model_id)
+    cached = cached_snapshot(model_id, revision)
     if cached is not None:
         return cached
     if offline_mode():
         raise WeightsUnavailableError(
             unavailable_message(
-                model_id, backend, "they are not cached and offline mode is on (HF_HUB_OFFLINE=1)"
+                model_id,
+                backend,
+                "they are not cached and offline mode is on (HF_HUB_OFFLINE=1)",
+                revision,
             )
         )
     from huggingface_hub import snapshot_download
@@ -214,7 +242,10 @@ def fetch_snapshot(model_id: str, *, backend: str) -> Path:
     try:
         folder = Path(
             snapshot_download(
-                model_id, cache_dir=hub_cache_dir(), allow_patterns=list(ALLOW_PATTERNS)
+                model_id,
+                revision=revision,
+                cache_dir=hub_cache_dir(),
+                allow_patterns=list(ALLOW_PATTERNS),
             )
         )
     except GatedRepoError:
@@ -222,7 +253,9 @@ def fetch_snapshot(model_id: str, *, backend: str) -> Path:
             "the repository is gated and this machine has no access to it: accept its licence "
             f"on https://huggingface.co/{model_id} and log in with `hf auth login`"
         )
-    except (RepositoryNotFoundError, RevisionNotFoundError):
+    except RevisionNotFoundError:
+        reason = f"the repository has no revision {revision!r}"
+    except RepositoryNotFoundError:
         reason = (
             "no such model on the Hugging Face Hub (or it is private and you are not logged in)"
         )
@@ -238,10 +271,12 @@ def fetch_snapshot(model_id: str, *, backend: str) -> Path:
         if not any(folder.glob("*.safetensors")):
             raise ValueError(
                 f"'{model_id}' offers no .safetensors weights; napari-llmseg refuses pickle-based "
-                "weights (pytorch_model.bin, *.pt) because loading a pickle can run arbitrary code"
+                "weights (pytorch_model.bin, *.pt) because loading a pickle can run arbitrary "
+                "code. If the repository has a safetensors conversion (a pull request by "
+                f"SFconvertbot), pass its revision: {backend}:{model_id}@refs/pr/N"
             )
         return folder
-    raise WeightsUnavailableError(unavailable_message(model_id, backend, reason))
+    raise WeightsUnavailableError(unavailable_message(model_id, backend, reason, revision))
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,8 +74,10 @@ def _load_grounded_sam(spec: str | None, *, device: Any, dtype: Any = None) -> P
 
 
 #: Default Hugging Face ids of the built-in foundation-model backends (kept here rather than
-#: in the backend modules so that listing models does not import torch).
-CLIPSEG_ID = "CIDAS/clipseg-rd64-refined"
+#: in the backend modules so that listing models does not import torch). The main branch of
+#: CIDAS/clipseg-rd64-refined holds only pickle weights; its safetensors conversion
+#: (SFconvertbot, the weights transformers itself would pick) is pinned by commit.
+CLIPSEG_ID = "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6"
 SAM3_ID = "facebook/sam3"
 GROUNDING_DINO_ID = "IDEA-Research/grounding-dino-tiny"
 SAM_ID = "facebook/sam-vit-base"

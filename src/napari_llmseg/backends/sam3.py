@@ -44,9 +44,10 @@ from .hf import (
     run_in_chunks,
     to_window,
 )
+from .registry import SAM3_ID
 
 NAME = "sam3"
-DEFAULT_ID = "facebook/sam3"
+DEFAULT_ID = SAM3_ID
 MODEL_TYPES = ("sam3", "sam3_video")
 
 

@@ -85,15 +85,15 @@ def build_clipseg(folder: Path, seed: int = 0) -> Path:
     config = CLIPSegConfig(
         text_config=_clip_text_config(tokenizer, 32, 77),
         vision_config={
-            "hidden_size": 64,
-            "intermediate_size": 256,
-            "num_hidden_layers": 4,
+            "hidden_size": 96,
+            "intermediate_size": 384,
+            "num_hidden_layers": 6,
             "num_attention_heads": 4,
             "image_size": CLIPSEG_SIZE,
             "patch_size": 8,
         },
         projection_dim=16,
-        extract_layers=[1, 2, 3],
+        extract_layers=[1, 3, 5],  # the real model reads layers 3, 6 and 9 of 12
         reduce_dim=8,
         decoder_num_attention_heads=2,
         decoder_intermediate_size=16,
@@ -115,7 +115,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def sam3_config():
-    """Tiny Sam3Config: a 4-layer ViT backbone, one-layer DETR encoder/decoder, 8 queries."""
+    """Tiny Sam3Config: a 6-layer ViT backbone, one-layer DETR encoder/decoder, 8 queries."""
     from transformers import Sam3Config
 
     tokenizer = clip_tokenizer(32)
@@ -124,14 +124,14 @@ def sam3_config():
         vision_config={
             "backbone_config": {
                 "model_type": "sam3_vit_model",
-                "hidden_size": 64,
-                "intermediate_size": 256,
-                "num_hidden_layers": 4,
+                "hidden_size": 96,
+                "intermediate_size": 384,
+                "num_hidden_layers": 6,
                 "num_attention_heads": 4,
                 "image_size": SAM3_SIZE,
                 "patch_size": 14,
                 "window_size": 4,
-                "global_attn_indexes": [3],
+                "global_attn_indexes": [2, 5],
                 "pretrain_image_size": SAM3_SIZE,
             },
             "fpn_hidden_size": 16,

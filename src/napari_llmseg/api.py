@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .engine.instances import label_instances, semantic_source, split_instances
 from .engine.normalize import IntensityStats, compute_stats
-from .engine.resume import OutputStore, check_output_path
-from .engine.stream import MemorySink, Progress, RunInfo, label_dtype, run
+from .engine.resume import SCRATCH_ARRAYS, OutputStore, check_output_path
+from .engine.stream import MemorySink, Progress, RunInfo, run
 from .engine.windows import MIN_ROI, BlendMode, WindowPlan, importance_map
 from .io.image import open_image
+from .postprocess import PostProcess, label_dtype, parse_size
 
 #: Output chunk edge along the tiled axes.
 DEFAULT_CHUNK = 256
@@ -50,6 +52,10 @@ class SegmentationResult:
         The whole-input intensity statistics the model saw.
     metadata : dict
         Parameters and provenance, as recorded in the store.
+    instances : (*spatial) uint32 array or None
+        With ``instances=True``: one id per object across the whole input (0: background).
+    instance_classes : dict of int to str or None
+        ``{id: prompt}`` for every object.
     """
 
     probabilities: Any
@@ -61,13 +67,15 @@ class SegmentationResult:
     info: RunInfo
     stats: IntensityStats
     metadata: dict = field(default_factory=dict)
+    instances: Any = None
+    instance_classes: dict[int, str] | None = None
 
     @property
     def cancelled(self) -> bool:
         return not self.complete
 
     def summary(self) -> list[str]:
-        """One line per prompt: labelled voxels and fraction of the image."""
+        """One line per prompt: labelled voxels, fraction of the image, and objects if counted."""
         labels = self.labels
         total = math.prod(labels.shape)
         counts = np.zeros(len(self.prompts) + 1, dtype=np.int64)
@@ -76,10 +84,17 @@ class SegmentationResult:
         for i in range(0, labels.shape[0], step):
             block = np.asarray(labels[i : i + step])
             counts += np.bincount(block.ravel(), minlength=len(counts))[: len(counts)]
-        return [
-            f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
-            for i, name in self.label_names.items()
-        ]
+        objects: dict[str, int] = {}
+        if self.instance_classes is not None:
+            for prompt in self.instance_classes.values():
+                objects[prompt] = objects.get(prompt, 0) + 1
+        lines = []
+        for i, name in self.label_names.items():
+            line = f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
+            if self.instance_classes is not None:
+                line += f", {objects.get(name, 0)} objects"
+            lines.append(line)
+        return lines
 
 
 class _BackendPredictor:
@@ -205,11 +220,18 @@ def iter_segment(
     overwrite: bool = False,
     cancel: threading.Event | None = None,
     chunks: int | None = None,
+    instances: bool = False,
+    min_size: float | str = 0,
+    fill_holes: bool = False,
+    smooth: int = 0,
+    split: bool = False,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult."""
     from .device import resolve_device
 
     prompts = _check_prompts(prompts)
+    if not isinstance(smooth, (int, np.integer)) or smooth < 0:
+        raise ValueError(f"smooth must be a radius in pixels (an integer >= 0), got {smooth!r}")
     overlap = _check_number("overlap", overlap, 0.0, 1.0, hi_open=True)
     threshold = _check_number("threshold", threshold, 0.0, 1.0, hi_open=False)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -250,6 +272,19 @@ def iter_segment(
         "chunks": list(out_chunks),
         "source_metadata": {k: v for k, v in source.metadata.items() if _is_json(v)},
     }
+    n_spatial = len(shape)
+    post = PostProcess(
+        smooth=int(smooth),
+        fill_holes=bool(fill_holes),
+        min_size=parse_size(
+            min_size,
+            scale=source.metadata.get("scale"),
+            units=source.metadata.get("units"),
+            ndim=n_spatial,
+        ),
+    )
+    attrs["instances"] = bool(instances)
+    attrs["postprocess"] = {**post.to_dict(), "split": bool(split)}
 
     store = None
     done = None
@@ -301,10 +336,42 @@ def iter_segment(
     )
     complete = not info.cancelled
     if store is not None:
-        store.update_attrs(status="complete" if complete else "cancelled")
-        probabilities, labels, metadata = store.probabilities, store.labels, store.attrs
+        probabilities, labels = store.probabilities, store.labels
     else:
-        probabilities, labels, metadata = sink.probabilities, sink.labels, attrs
+        probabilities, labels = sink.probabilities, sink.labels
+    inst_array, inst_classes = None, None
+    if complete and (instances or post.active):
+        if store is not None:
+            store.update_attrs(status="postprocessing")
+            scratch = [store.uint32_array(name) for name in SCRATCH_ARRAYS]
+            inst_array = store.uint32_array("instances")
+        else:
+            scratch = [np.zeros(shape, np.uint32) for _ in SCRATCH_ARRAYS]
+            inst_array = np.zeros(shape, np.uint32)
+        labelled = yield from _label_objects(
+            probabilities, labels, scratch, inst_array, threshold, post, n_lead, out_chunks,
+            cancel, split=split and instances,
+        )  # fmt: skip
+        if labelled is None:
+            complete = False
+        else:
+            inst_classes = {i: prompts[c - 1] for i, c in labelled.classes.items()}
+            attrs["objects"] = {"count": labelled.n_objects, "removed": labelled.removed}
+            if store is not None:
+                store.drop(*SCRATCH_ARRAYS)
+                store.update_attrs(
+                    objects=attrs["objects"],
+                    instance_classes={str(i): p for i, p in inst_classes.items()},
+                )
+            if not instances:
+                inst_array, inst_classes = None, None
+                if store is not None and "instances" in store.group:
+                    del store.group["instances"]
+    if store is not None:
+        store.update_attrs(status="complete" if complete else "cancelled")
+        metadata = store.attrs
+    else:
+        metadata = attrs
     return SegmentationResult(
         probabilities=probabilities,
         labels=labels,
@@ -315,7 +382,38 @@ def iter_segment(
         info=info,
         stats=stats,
         metadata=metadata,
+        instances=inst_array,
+        instance_classes=inst_classes,
     )
+
+
+def _label_objects(
+    probabilities, labels, scratch, inst_array, threshold, post, n_lead, chunks, cancel, *, split
+) -> Generator[Progress, None, Any]:
+    """Post-process and label objects chunk by chunk; None if cancelled part way."""
+    semantic = semantic_source(
+        probabilities, labels, threshold=threshold, post=post, n_lead=n_lead
+    )
+    common = {
+        "instances": inst_array,
+        "labels_out": labels if post.active else None,
+        "min_size": post.min_size,
+    }
+    if split:
+        gen = split_instances(
+            semantic, tuple(labels.shape), chunks, scratch=scratch[0], seeds=scratch[1], **common
+        )
+    else:
+        gen = label_instances(semantic, tuple(labels.shape), chunks, scratch=scratch[0], **common)
+    while True:
+        try:
+            stage, done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(done, total, stage=f"instances: {stage}")
+        if cancel is not None and cancel.is_set():
+            gen.close()
+            return None
 
 
 def segment(
@@ -336,6 +434,11 @@ def segment(
     progress: Callable[[int, int], Any] | None = None,
     cancel: threading.Event | None = None,
     chunks: int | None = None,
+    instances: bool = False,
+    min_size: float | str = 0,
+    fill_holes: bool = False,
+    smooth: int = 0,
+    split: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` by text prompts with overlapping, gaussian-blended windows.
 
@@ -383,6 +486,21 @@ def segment(
         and ``out`` can be resumed.
     chunks : int, optional
         Output chunk edge along the window axes (default 256).
+    instances : bool
+        Also label objects: ``result.instances`` gives every connected object of one class a
+        single id across the whole input (chunk by chunk, identical to labelling the whole
+        array at once), and ``result.instance_classes`` maps ids to prompts.
+    min_size : float or str
+        Remove objects smaller than this: a number of pixels (voxels), or a physical size
+        such as ``"20 um^3"`` or ``"0.5 mL"`` when the image has a scale with units.
+    fill_holes : bool
+        Fill background enclosed by one class, plane by plane (holes up to the output chunk
+        plus 64 px on each side).
+    smooth : int
+        Radius in pixels of a morphological opening of every class (0: none).
+    split : bool
+        With ``instances=True``, split touching objects of one class by a watershed from the
+        peaks of their (smoothed) distance transform, instead of one id per connected region.
 
     Returns
     -------
@@ -413,13 +531,18 @@ def segment(
         overwrite=overwrite,
         cancel=cancel,
         chunks=chunks,
+        instances=instances,
+        min_size=min_size,
+        fill_holes=fill_holes,
+        smooth=smooth,
+        split=split,
     )
     while True:
         try:
             step = next(gen)
         except StopIteration as stop:
             return stop.value
-        if progress is not None:
+        if progress is not None and step.stage == "segment":
             progress(step.done, step.total)
 
 

@@ -14,6 +14,14 @@ from collections.abc import Sequence
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
+def _size(text: str) -> float | str:
+    """A plain number stays a number of pixels; anything else is parsed with its unit later."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _probability(text: str) -> float:
     try:
         return float(text)
@@ -70,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel-axis", type=int, default=None, help="axis holding channels, if any"
     )
     seg.add_argument("--chunks", type=int, default=None, help="output chunk edge (default 256)")
+    seg.add_argument(
+        "--instances", action="store_true", help="also label objects (one id per object)"
+    )
+    seg.add_argument(
+        "--split", action="store_true", help="split touching objects (watershed; with --instances)"
+    )
+    seg.add_argument(
+        "--min-size", default="0",
+        help="remove smaller objects: pixels, or a size with unit such as '20 um^3' or '0.5 mL'",
+    )  # fmt: skip
+    seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
+    seg.add_argument("--smooth", type=int, default=0, help="opening radius in pixels (default 0)")
     seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -118,6 +138,11 @@ def _segment(args: argparse.Namespace) -> int:
             progress=progress,
             cancel=cancel,
             chunks=args.chunks,
+            instances=args.instances,
+            split=args.split,
+            min_size=_size(args.min_size),
+            fill_holes=args.fill_holes,
+            smooth=args.smooth,
         )
     except KeyboardInterrupt:
         if bar is not None:

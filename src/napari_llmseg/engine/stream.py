@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..io.image import ImageSource
+from ..postprocess import threshold_labels
 from .windows import WindowPlan
 
 #: Budget for blending accumulators of unfinished chunks, used to size plane groups.
@@ -36,10 +37,15 @@ OPEN_CHUNK_BUDGET = 256 * 1024**2
 
 @dataclass(frozen=True)
 class Progress:
-    """Windows predicted so far out of the windows this run will predict."""
+    """Work done so far out of the work of the current stage.
+
+    In the ``"segment"`` stage, counts are windows; in the later ``"instances: ..."`` stages
+    they are output chunks.
+    """
 
     done: int
     total: int
+    stage: str = "segment"
 
 
 @dataclass
@@ -93,10 +99,6 @@ class MemorySink:
         self.labels[region] = labels
 
 
-def label_dtype(n_outputs: int) -> np.dtype:
-    return np.dtype(np.uint8 if n_outputs < 255 else np.uint16)
-
-
 def finalize_chunk(
     num: np.ndarray, den: np.ndarray, bad: np.ndarray | None, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -110,10 +112,7 @@ def finalize_chunk(
     prob = expit(num / den).astype(np.float32, copy=False)
     if bad is not None:
         prob[:, bad] = 0.0
-    best = prob.argmax(axis=0)
-    top = np.take_along_axis(prob, best[None], axis=0)[0]
-    labels = np.where(top > threshold, best + 1, 0).astype(label_dtype(prob.shape[0]))
-    return prob, labels
+    return prob, threshold_labels(prob, threshold)
 
 
 @dataclass

@@ -100,9 +100,11 @@ class SegmentationResult:
 class _BackendPredictor:
     """Adapts a PromptSegmenter to the engine's Predictor protocol."""
 
-    def __init__(self, backend, prompts: list[str], stats: IntensityStats) -> None:
+    def __init__(
+        self, backend, prompts: list[str], stats: IntensityStats, encoded: Any = None
+    ) -> None:
         self.backend, self.stats = backend, stats
-        self.encoded = backend.encode_prompts(prompts)
+        self.encoded = backend.encode_prompts(prompts) if encoded is None else encoded
         self.n_outputs = len(prompts)
 
     def pad_value(self) -> np.ndarray:
@@ -225,6 +227,7 @@ def iter_segment(
     fill_holes: bool = False,
     smooth: int = 0,
     split: bool = False,
+    scheduler: Any = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult."""
     from .device import resolve_device
@@ -241,6 +244,10 @@ def iter_segment(
     except ValueError:
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}") from None
     torch_device = resolve_device(device)
+    if scheduler is not None and out is None:
+        raise ValueError(
+            "scheduler= needs out=: a zarr store on storage that every worker can reach"
+        )
     source = open_image(image, channel_axis=channel_axis)
     backend, fn, model_desc = _resolve_model(model, str(torch_device))
     if backend is not None:
@@ -323,17 +330,23 @@ def iter_segment(
         predictor = _CallablePredictor(fn, prompts, source.n_channels, torch_device)
     if store is not None:
         store.update_attrs(status="running")
-    info = yield from run(
-        source,
-        predictor,
-        plan,
-        sink,
-        weights=importance_map(roi, blend_mode),
-        batch_size=int(batch_size),
-        threshold=threshold,
-        done=done,
-        cancel=cancel,
-    )
+    if scheduler is not None:
+        info = yield from _run_on_cluster(
+            scheduler, image, source, channel_axis, model, backend, fn, predictor, prompts, stats,
+            plan, blend_mode, int(batch_size), threshold, store, done, cancel, str(torch_device),
+        )  # fmt: skip
+    else:
+        info = yield from run(
+            source,
+            predictor,
+            plan,
+            sink,
+            weights=importance_map(roi, blend_mode),
+            batch_size=int(batch_size),
+            threshold=threshold,
+            done=done,
+            cancel=cancel,
+        )
     complete = not info.cancelled
     if store is not None:
         probabilities, labels = store.probabilities, store.labels
@@ -385,6 +398,53 @@ def iter_segment(
         instances=inst_array,
         instance_classes=inst_classes,
     )
+
+
+def _run_on_cluster(
+    scheduler, image, source, channel_axis, model, backend, fn, predictor, prompts, stats, plan,
+    blend_mode, batch_size, threshold, store, done, cancel, device,
+) -> Generator[Progress, None, RunInfo]:  # fmt: skip
+    """Hand the run to Dask workers (see :mod:`napari_llmseg.distributed`)."""
+    import uuid
+
+    from .distributed import TaskSpec, parse_scheduler, run_distributed
+
+    client, owned = parse_scheduler(scheduler)
+    try:
+        # Paths are opened by each worker; arrays travel once per worker (scatter).
+        if source.path is not None:
+            image_arg: Any = str(source.path)
+            axis = channel_axis
+        else:
+            image_arg = client.scatter(source.array, broadcast=True)
+            axis = source.channel_axis
+        if fn is not None:
+            model_arg: Any = client.scatter(fn, broadcast=True)
+        elif model is None or isinstance(model, (str, Path)):
+            model_arg = None if model is None else str(model)  # loaded once per worker
+        else:
+            model_arg = client.scatter(backend, broadcast=True)
+        spec = TaskSpec(
+            channel_axis=axis,
+            device=device,
+            prompts=prompts,
+            encoded=getattr(predictor, "encoded", None),
+            stats=stats.to_dict(),
+            plan=plan,
+            blend=blend_mode.value,
+            batch_size=batch_size,
+            threshold=threshold,
+            out=str(store.path),
+            run_id=f"llmseg-{uuid.uuid4().hex}",
+        )
+        return (
+            yield from run_distributed(client, spec, image_arg, model_arg, done, cancel, source)
+        )
+    finally:
+        if owned:
+            client.close()
+            if client.cluster is not None:
+                client.cluster.close()
 
 
 def _label_objects(
@@ -439,6 +499,7 @@ def segment(
     fill_holes: bool = False,
     smooth: int = 0,
     split: bool = False,
+    scheduler: Any = None,
 ) -> SegmentationResult:
     """Segment ``image`` by text prompts with overlapping, gaussian-blended windows.
 
@@ -501,6 +562,11 @@ def segment(
     split : bool
         With ``instances=True``, split touching objects of one class by a watershed from the
         peaks of their (smoothed) distance transform, instead of one id per connected region.
+    scheduler : None, str or distributed.Client
+        Run on Dask's distributed scheduler: ``"local:N"`` (a local cluster of N
+        single-threaded worker processes), a scheduler address (``"tcp://host:8786"``) or a
+        ``Client``. Needs ``out=`` on storage every worker can reach. The result is
+        bit-identical to a single-process run with the same torch thread count.
 
     Returns
     -------
@@ -536,6 +602,7 @@ def segment(
         fill_holes=fill_holes,
         smooth=smooth,
         split=split,
+        scheduler=scheduler,
     )
     while True:
         try:

@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
     seg.add_argument("--smooth", type=int, default=0, help="opening radius in pixels (default 0)")
+    where = seg.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, default=None,
+        help="run on a local Dask cluster of N single-threaded worker processes",
+    )  # fmt: skip
+    where.add_argument(
+        "--scheduler", default=None, help="run on the Dask scheduler at ADDRESS (tcp://host:8786)"
+    )
     seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -143,6 +151,7 @@ def _segment(args: argparse.Namespace) -> int:
             min_size=_size(args.min_size),
             fill_holes=args.fill_holes,
             smooth=args.smooth,
+            scheduler=(f"local:{args.workers}" if args.workers is not None else args.scheduler),
         )
     except KeyboardInterrupt:
         if bar is not None:

@@ -76,6 +76,12 @@ class Predictor(Protocol):
         """Logits (B, n_outputs, *roi) float32 for a prepared batch."""
 
 
+class CancelFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event, or a distributed.Event adapter."""
+
+    def is_set(self) -> bool: ...
+
+
 class Sink(Protocol):
     def write(
         self,
@@ -318,7 +324,7 @@ def run(
     batch_size: int,
     threshold: float,
     done: np.ndarray | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     prefetch: int = 2,
 ) -> Generator[Progress, None, RunInfo]:
     """Segment ``source`` window by window, yielding progress after every batch.

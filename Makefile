@@ -39,6 +39,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/npe2 validate napari-llmseg
 
 test: venv system-deps lint
 	$(XVFB) $(BIN)/python -m pytest -q

@@ -24,3 +24,8 @@ tifffile.imwrite(
     here / "nuclei_labels.tif", labels.astype(np.uint16), compression="zlib", metadata={"axes": "ZYX"}
 )
 print("wrote", here / "nuclei.tif", here / "nuclei_labels.tif")
+
+# landsat7_etm.tif: copied unmodified from the Debian package r-cran-stars (Apache-2.0, see
+# LICENSE-stars); without installing R:
+#     apt-get download r-cran-stars && dpkg -x r-cran-stars_*.deb stars
+#     cp stars/usr/lib/R/site-library/stars/tif/L7_ETMs.tif sample_data/landsat7_etm.tif

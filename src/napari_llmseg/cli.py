@@ -24,6 +24,14 @@ USER_ERRORS = (
 )
 
 
+def _size(text: str) -> float | str:
+    """A plain number stays a number of pixels; anything else is parsed with its unit later."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _probability(text: str) -> float:
     try:
         return float(text)
@@ -85,6 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel-axis", type=int, default=None, help="axis holding channels, if any"
     )
     seg.add_argument("--chunks", type=int, default=None, help="output chunk edge (default 256)")
+    seg.add_argument(
+        "--instances", action="store_true", help="also label objects (one id per object)"
+    )
+    seg.add_argument(
+        "--split", action="store_true", help="split touching objects (watershed; with --instances)"
+    )
+    seg.add_argument(
+        "--min-size", default="0",
+        help="remove smaller objects: pixels, or a size with unit such as '20 um^3' or '0.5 mL'",
+    )  # fmt: skip
+    seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
+    seg.add_argument("--smooth", type=int, default=0, help="opening radius in pixels (default 0)")
+    where = seg.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, default=None,
+        help="run on a local Dask cluster of N single-threaded worker processes",
+    )  # fmt: skip
+    where.add_argument(
+        "--scheduler", default=None, help="run on the Dask scheduler at ADDRESS (tcp://host:8786)"
+    )
     seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -133,6 +161,12 @@ def _segment(args: argparse.Namespace) -> int:
             progress=progress,
             cancel=cancel,
             chunks=args.chunks,
+            instances=args.instances,
+            split=args.split,
+            min_size=_size(args.min_size),
+            fill_holes=args.fill_holes,
+            smooth=args.smooth,
+            scheduler=(f"local:{args.workers}" if args.workers is not None else args.scheduler),
         )
     except KeyboardInterrupt:
         if bar is not None:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..io.image import ImageSource
+from ..postprocess import threshold_labels
 from .windows import WindowPlan
 
 #: Budget for blending accumulators of unfinished chunks, used to size plane groups.
@@ -36,10 +37,15 @@ OPEN_CHUNK_BUDGET = 256 * 1024**2
 
 @dataclass(frozen=True)
 class Progress:
-    """Windows predicted so far out of the windows this run will predict."""
+    """Work done so far out of the work of the current stage.
+
+    In the ``"segment"`` stage, counts are windows; in the later ``"instances: ..."`` stages
+    they are output chunks.
+    """
 
     done: int
     total: int
+    stage: str = "segment"
 
 
 @dataclass
@@ -48,7 +54,8 @@ class RunInfo:
 
     ``batch_size_used`` is the number of windows the model ran at once when the run ended:
     the requested batch size, or less when the model had to lower it (a backend halves its
-    batches after a GPU out-of-memory error, see ``Predictor.batch_limit``).
+    batches after a GPU out-of-memory error, see ``Predictor.batch_limit``); 0 when it is not
+    reported (runs on a Dask cluster, whose workers each keep their own).
     """
 
     windows: int = 0
@@ -80,6 +87,12 @@ class Predictor(Protocol):
         """Logits (B, n_outputs, *roi) float32 for a prepared batch."""
 
 
+class CancelFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event, or a distributed.Event adapter."""
+
+    def is_set(self) -> bool: ...
+
+
 class Sink(Protocol):
     def write(
         self,
@@ -103,10 +116,6 @@ class MemorySink:
         self.labels[region] = labels
 
 
-def label_dtype(n_outputs: int) -> np.dtype:
-    return np.dtype(np.uint8 if n_outputs < 255 else np.uint16)
-
-
 def finalize_chunk(
     num: np.ndarray, den: np.ndarray, bad: np.ndarray | None, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -120,10 +129,7 @@ def finalize_chunk(
     prob = expit(num / den).astype(np.float32, copy=False)
     if bad is not None:
         prob[:, bad] = 0.0
-    best = prob.argmax(axis=0)
-    top = np.take_along_axis(prob, best[None], axis=0)[0]
-    labels = np.where(top > threshold, best + 1, 0).astype(label_dtype(prob.shape[0]))
-    return prob, labels
+    return prob, threshold_labels(prob, threshold)
 
 
 @dataclass
@@ -329,7 +335,7 @@ def run(
     batch_size: int,
     threshold: float,
     done: np.ndarray | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     prefetch: int = 2,
 ) -> Generator[Progress, None, RunInfo]:
     """Segment ``source`` window by window, yielding progress after every batch.

@@ -1,0 +1,42 @@
+"""napari writer: a Labels layer to an OME-Zarr labels store (glue only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _label_names(attributes: dict[str, Any]) -> dict[int, str]:
+    features = attributes.get("features")
+    names: dict[int, str] = {}
+    if features is not None and len(features) and "prompt" in features:
+        index = features["index"] if "index" in features else range(len(features))
+        for i, prompt in zip(list(index), list(features["prompt"]), strict=True):
+            if int(i) > 0:
+                names[int(i)] = str(prompt)
+    return names
+
+
+def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """Write ``data`` as ``path/labels/{layer name}`` with the class names as properties."""
+    import numpy as np
+
+    from .io.ome import write_labels_store
+
+    names = _label_names(attributes)
+    if not names:
+        values = np.unique(np.asarray(data[...] if hasattr(data, "chunks") else data))
+        names = {int(v): f"label {int(v)}" for v in values if v > 0}
+    out = Path(path)
+    if out.suffix.lower() != ".zarr":
+        out = out.with_suffix(".zarr")
+    write_labels_store(
+        out,
+        data,
+        name=attributes.get("name", "labels"),
+        label_names=names,
+        scale=attributes.get("scale"),
+        translate=attributes.get("translate"),
+        units=attributes.get("units"),
+    )
+    return [str(out)]

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_llmseg.measure import measure, report, to_csv
+
+
+@pytest.fixture
+def labelled():
+    lab = np.zeros((4, 20, 30), np.uint8)
+    lab[0:2, 2:6, 2:6] = 1  # object A: 2*4*4 = 32 voxels
+    lab[1:4, 10:15, 10:20] = 1  # object B: 3*5*10 = 150 voxels
+    lab[:, 0:2, 25:30] = 2  # one object of class 2: 4*2*5 = 40 voxels
+    img = np.full(lab.shape, 10.0)
+    img[lab == 1] = 100.0
+    return lab, img
+
+
+def test_counts_sizes_and_intensity_in_physical_units(labelled):
+    lab, img = labelled
+    m1, m2, m3 = measure(lab, {1: "nuclei", 2: "membrane", 3: "giraffe"}, image=img,
+                         scale=(2.0, 0.5, 0.5), units=("um", "um", "um"))  # fmt: skip
+    assert (m1.voxels, m1.objects, m1.unit) == (182, 2, "um^3")
+    assert m1.size == pytest.approx(182 * 0.5)  # voxel volume 2 * 0.5 * 0.5 um^3
+    assert m1.median_object_size == pytest.approx(np.median([32, 150]) * 0.5)
+    assert m1.mean_intensity == pytest.approx(100.0)
+    assert m1.fraction == pytest.approx(182 / lab.size)
+    assert (m2.voxels, m2.objects, m2.mean_intensity) == (40, 1, 10.0)
+    assert (m3.voxels, m3.objects, m3.mean_intensity) == (0, 0, None)
+    text = report([m1, m2, m3], ndim=3)
+    assert text.splitlines()[0] == (
+        "nuclei: 2 objects, median volume 45.5 um^3, 7.6 % of the volume, mean intensity 100"
+    )
+    assert text.splitlines()[2] == "giraffe: 0 objects, 0.0 % of the volume"
+
+
+def test_pixels_without_units_and_zarr_input(labelled, tmp_path):
+    lab, _ = labelled
+    z = zarr.create_array(
+        tmp_path / "l.zarr", shape=lab.shape, chunks=(1, 10, 10), dtype=lab.dtype
+    )
+    z[...] = lab
+    (m,) = measure(z, {1: "nuclei"}, scale=(2.0, 0.5, 0.5))
+    assert m.unit == "voxel" and m.size == 182 and m.objects == 2
+
+
+def test_large_results_skip_object_counts_honestly(labelled):
+    lab, _ = labelled
+    (m,) = measure(lab, {1: "nuclei"}, max_label_voxels=100)
+    assert m.objects is None and m.voxels == 182
+    assert "objects not counted: too large" in report([m])
+
+
+def test_csv(labelled, tmp_path):
+    lab, _ = labelled
+    path = to_csv(measure(lab, {1: "nuclei", 2: "membrane"}), tmp_path / "m.csv")
+    rows = path.read_text().splitlines()
+    assert (
+        rows[0]
+        == "label,prompt,voxels,fraction,size,unit,objects,median_object_size,mean_intensity"
+    )
+    assert rows[1].startswith("1,nuclei,182,")
+
+
+def test_objects_measured_per_id_with_centroids(labelled):
+    from skimage.measure import label as sk_label
+
+    from napari_llmseg.measure import measure_objects
+
+    lab, img = labelled
+    inst = sk_label(lab, connectivity=1).astype(np.uint32)
+    classes = {1: "membrane", 2: "nuclei", 3: "nuclei"}  # ids in raster order
+    assert inst.max() == 3
+    objs = measure_objects(inst, classes, image=img, scale=(2.0, 0.5, 0.5), units=("um",) * 3)
+    assert [o.voxels for o in objs] == [40, 32, 150]
+    assert objs[1].size == pytest.approx(32 * 0.5) and objs[1].unit == "um^3"
+    assert objs[1].centroid == pytest.approx((0.5 * 2.0, 3.5 * 0.5, 3.5 * 0.5))
+    assert objs[0].mean_intensity == pytest.approx(10.0)
+    assert objs[2].mean_intensity == pytest.approx(100.0)
+    per_class = measure(
+        lab, {1: "nuclei", 2: "membrane"}, objects=objs, scale=(2.0, 0.5, 0.5), units=("um",) * 3
+    )
+    assert [m.objects for m in per_class] == [2, 1]

@@ -48,6 +48,7 @@ test: venv system-deps lint
 
 benchmarks: venv
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/backends.py --real-size
 
 train-tiny: venv
 	$(BIN)/python scripts/train_llmseg_tiny.py

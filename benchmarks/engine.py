@@ -59,7 +59,7 @@ def write_volume(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int
         n = min(chunks[0], shape[0] - i)
         block = np.empty((n, *shape[1:]), np.uint16)
         for k in range(n):
-            tile = vol[15 + (i + k) % 40]
+            tile = vol[22 + (i + k) % 30]  # planes 22-51 all show nuclei
             quad = np.block([[tile, tile[:, ::-1]], [tile[::-1], tile[::-1, ::-1]]])
             reps = -(-shape[1] // quad.shape[0]), -(-shape[2] // quad.shape[1])
             block[k] = np.tile(quad, reps)[: shape[1], : shape[2]]

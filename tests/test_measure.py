@@ -62,3 +62,24 @@ def test_csv(labelled, tmp_path):
         == "label,prompt,voxels,fraction,size,unit,objects,median_object_size,mean_intensity"
     )
     assert rows[1].startswith("1,nuclei,182,")
+
+
+def test_objects_measured_per_id_with_centroids(labelled):
+    from skimage.measure import label as sk_label
+
+    from napari_llmseg.measure import measure_objects
+
+    lab, img = labelled
+    inst = sk_label(lab, connectivity=1).astype(np.uint32)
+    classes = {1: "membrane", 2: "nuclei", 3: "nuclei"}  # ids in raster order
+    assert inst.max() == 3
+    objs = measure_objects(inst, classes, image=img, scale=(2.0, 0.5, 0.5), units=("um",) * 3)
+    assert [o.voxels for o in objs] == [40, 32, 150]
+    assert objs[1].size == pytest.approx(32 * 0.5) and objs[1].unit == "um^3"
+    assert objs[1].centroid == pytest.approx((0.5 * 2.0, 3.5 * 0.5, 3.5 * 0.5))
+    assert objs[0].mean_intensity == pytest.approx(10.0)
+    assert objs[2].mean_intensity == pytest.approx(100.0)
+    per_class = measure(
+        lab, {1: "nuclei", 2: "membrane"}, objects=objs, scale=(2.0, 0.5, 0.5), units=("um",) * 3
+    )
+    assert [m.objects for m in per_class] == [2, 1]

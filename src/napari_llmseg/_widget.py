@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
     FloatSlider,
     FloatSpinBox,
     Label,
+    LineEdit,
     PushButton,
     Select,
     SpinBox,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 #: Inputs larger than this are segmented into a zarr store on disk instead of memory.
 DISK_THRESHOLD_BYTES = 512 * 1024**2
 
-OUTPUTS = ("labels", "probabilities", "uncertainty")
+OUTPUTS = ("labels", "instances", "probabilities", "uncertainty")
 
 
 class SegmentWidget(Container):
@@ -47,8 +49,10 @@ class SegmentWidget(Container):
 
     Sub-widgets are attributes so that scripts and tests can drive them: ``image_layer``,
     ``prompts`` (one prompt per line), ``model``, ``roi_size``, ``overlap``, ``threshold``,
-    ``device``, ``output``, ``save_to``, ``run_button``, ``cancel_button``, ``measurements``,
-    ``csv_path`` and ``export_button``.
+    ``device``, ``output`` (labels, instances, probabilities, uncertainty), ``split``,
+    ``min_size``, ``fill_holes``, ``smooth``, ``save_to``, ``run_button``, ``cancel_button``,
+    ``measurements`` (per prompt, or per object when instances are made), ``csv_path`` and
+    ``export_button``.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -67,6 +71,11 @@ class SegmentWidget(Container):
             choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device"
         )
         self.output = Select(choices=list(OUTPUTS), value=["labels"], label="output")
+        self.split = CheckBox(value=False, text="split touching objects")
+        self.min_size = LineEdit(value="0", label="min object size")
+        self.min_size.tooltip = "pixels (voxels), or with a unit: '20 um^3', '0.5 mL'"
+        self.fill_holes = CheckBox(value=False, text="fill holes")
+        self.smooth = SpinBox(value=0, min=0, max=32, label="smoothing (px)")
         self.save_to = FileEdit(mode="w", filter="*.zarr", label="save to (optional)", value="")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -77,7 +86,8 @@ class SegmentWidget(Container):
         self.extend(
             [
                 self.image_layer, self.prompts, self.model, self.model_folder, self.roi_size,
-                self.overlap, self.threshold, self.device, self.output, self.save_to,
+                self.overlap, self.threshold, self.device, self.output, self.split,
+                self.min_size, self.fill_holes, self.smooth, self.save_to,
                 self.run_button, self.cancel_button, self.status, self.measurements,
                 self.csv_path, self.export_button,
             ]
@@ -147,6 +157,12 @@ class SegmentWidget(Container):
             "out": out_path,
             "scale": tuple(float(s) for s in layer.scale[-spatial:]),
             "units": tuple(str(u) for u in getattr(layer, "units", ())[-spatial:]) or None,
+            "name": layer.name,
+            "instances": "instances" in self.output.value,
+            "split": bool(self.split.value),
+            "min_size": _size_value(str(self.min_size.value)),
+            "fill_holes": bool(self.fill_holes.value),
+            "smooth": int(self.smooth.value),
         }
         self._cancel = threading.Event()
         worker = create_worker(
@@ -171,11 +187,17 @@ class SegmentWidget(Container):
     def _work(self, data: Any, params: dict, cancel: threading.Event):
         """Runs on the worker thread: the core generator, then measurements."""
         from .api import iter_segment
-        from .measure import measure, report
+        from .io.image import ImageSource
+        from .measure import measure, measure_objects, report
+
+        physical = {"scale": params["scale"]}
+        if params["units"] and not any(u in ("pixel", "px", "") for u in params["units"]):
+            physical["units"] = params["units"]
+        source = ImageSource(data, params["channel_axis"], name=params["name"], metadata=physical)
 
         backend = self._backend(params["model"], params["device"])
         result = yield from iter_segment(
-            data,
+            source,
             params["prompts"],
             model=backend,
             roi_size=params["roi_size"],
@@ -185,17 +207,21 @@ class SegmentWidget(Container):
             channel_axis=params["channel_axis"],
             out=params["out"],
             cancel=cancel,
+            instances=params["instances"],
+            split=params["split"],
+            min_size=params["min_size"],
+            fill_holes=params["fill_holes"],
+            smooth=params["smooth"],
         )
         if not result.complete:
             return result, [], ""
-        found = measure(
-            result.labels,
-            result.label_names,
-            image=data,
-            scale=params["scale"],
-            units=params["units"],
-        )
-        return result, found, report(found, ndim=len(result.labels.shape))
+        where = {"image": data, "scale": params["scale"], "units": params["units"]}
+        objects = None
+        if result.instances is not None:
+            objects = measure_objects(result.instances, result.instance_classes, **where)
+        found = measure(result.labels, result.label_names, objects=objects, **where)
+        text = report(found, ndim=len(result.labels.shape))
+        return result, objects if objects is not None else found, text
 
     def _on_progress(self, step: Any) -> None:
         from napari.utils import progress
@@ -240,17 +266,7 @@ class SegmentWidget(Container):
             return
         self._add_layers(result, layer)
         self._last_measurements = found
-        self.measurements.value = {
-            "prompt": [m.prompt for m in found],
-            "objects": [m.objects if m.objects is not None else "n/a" for m in found],
-            "size": [float(f"{m.size:.4g}") for m in found],
-            "unit": [m.unit for m in found],
-            "% of image": [round(100 * m.fraction, 2) for m in found],
-            "mean intensity": [
-                None if m.mean_intensity is None else float(f"{m.mean_intensity:.4g}")
-                for m in found
-            ],
-        }
+        self.measurements.value = _table(found)
         self.export_button.enabled = bool(found)
         where = f" (saved to {result.out})" if result.out else ""
         self.status.value = text + where
@@ -281,6 +297,13 @@ class SegmentWidget(Container):
                 result.labels, name=f"{layer.name} labels", features=features, colormap=colormap,
                 metadata=metadata, **common,
             )  # fmt: skip
+        if result.instances is not None:
+            self._viewer.add_labels(
+                result.instances, name=f"{layer.name} instances", metadata=metadata,
+                features={"index": [0, *result.instance_classes],
+                          "prompt": ["background", *result.instance_classes.values()]},
+                **common,
+            )  # fmt: skip
         if "probabilities" in wanted:
             for i, prompt in result.label_names.items():
                 self._viewer.add_image(
@@ -304,6 +327,38 @@ class SegmentWidget(Container):
             return
         path = to_csv(self._last_measurements, target)
         show_info(f"napari-llmseg: measurements written to {path}")
+
+
+def _size_value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def _table(found: list) -> dict[str, list]:
+    """Columns for the measurements table: per object (instances) or per prompt."""
+
+    def fmt(v: float | None) -> float | None:
+        return None if v is None else float(f"{v:.4g}")
+
+    if found and hasattr(found[0], "centroid"):
+        return {
+            "id": [o.id for o in found],
+            "prompt": [o.prompt for o in found],
+            "size": [fmt(o.size) for o in found],
+            "unit": [o.unit for o in found],
+            "centroid": [", ".join(f"{c:.4g}" for c in o.centroid) for o in found],
+            "mean intensity": [fmt(o.mean_intensity) for o in found],
+        }
+    return {
+        "prompt": [m.prompt for m in found],
+        "objects": [m.objects if m.objects is not None else "n/a" for m in found],
+        "size": [fmt(m.size) for m in found],
+        "unit": [m.unit for m in found],
+        "% of image": [round(100 * m.fraction, 2) for m in found],
+        "mean intensity": [fmt(m.mean_intensity) for m in found],
+    }
 
 
 def _plane(probabilities: Any, index: int) -> Any:

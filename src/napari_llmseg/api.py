@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .engine.instances import label_instances, semantic_source, split_instances
 from .engine.normalize import IntensityStats, compute_stats, parse_window
-from .engine.resume import OutputStore, check_output_path
-from .engine.stream import MemorySink, Progress, RunInfo, label_dtype, run
+from .engine.resume import SCRATCH_ARRAYS, OutputStore, check_output_path
+from .engine.stream import MemorySink, Progress, RunInfo, run
 from .engine.windows import MIN_ROI, BlendMode, WindowPlan, importance_map
 from .io.image import open_image
+from .postprocess import PostProcess, label_dtype, parse_size
 
 #: Output chunk edge along the tiled axes.
 DEFAULT_CHUNK = 256
@@ -47,11 +49,16 @@ class SegmentationResult:
     complete : bool
         False when the run was cancelled; with ``out=`` it can be resumed.
     info : RunInfo
-        Windows and batches run, time spent in the model, chunks written.
+        Windows and batches run, time spent in the model, chunks written, and the batch size
+        in effect at the end (lower than asked after a GPU out-of-memory error).
     stats : IntensityStats
         The whole-input intensity statistics the model saw.
     metadata : dict
         Parameters and provenance, as recorded in the store.
+    instances : (*spatial) uint32 array or None
+        With ``instances=True``: one id per object across the whole input (0: background).
+    instance_classes : dict of int to str or None
+        ``{id: prompt}`` for every object.
     files : list of Path
         Final files written for a TIFF or NIfTI ``out=`` (labels, then probabilities).
     """
@@ -65,6 +72,8 @@ class SegmentationResult:
     info: RunInfo
     stats: IntensityStats
     metadata: dict = field(default_factory=dict)
+    instances: Any = None
+    instance_classes: dict[int, str] | None = None
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -72,8 +81,9 @@ class SegmentationResult:
         return not self.complete
 
     def summary(self) -> list[str]:
-        """One line per prompt: labelled voxels, fraction of the image and, when the input
-        has a physical pixel size, the area or volume (plus mL for volumes in mm^3)."""
+        """One line per prompt: labelled voxels, fraction of the image, the area or volume
+        when the input has a physical pixel size (plus mL for volumes in mm^3), and objects
+        if counted."""
         from .measure import physical_size
 
         source = self.metadata.get("source_metadata", {})
@@ -85,6 +95,10 @@ class SegmentationResult:
         for i in range(0, labels.shape[0], step):
             block = np.asarray(labels[i : i + step])
             counts += np.bincount(block.ravel(), minlength=len(counts))[: len(counts)]
+        objects: dict[str, int] = {}
+        if self.instance_classes is not None:
+            for prompt in self.instance_classes.values():
+                objects[prompt] = objects.get(prompt, 0) + 1
         lines = []
         for i, name in self.label_names.items():
             line = f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
@@ -94,6 +108,8 @@ class SegmentationResult:
             if size is not None:
                 value, unit, ml = size
                 line += f", {value:.6g} {unit}" + (f" = {ml:.4g} mL" if ml is not None else "")
+            if self.instance_classes is not None:
+                line += f", {objects.get(name, 0)} objects"
             lines.append(line)
         return lines
 
@@ -101,10 +117,16 @@ class SegmentationResult:
 class _BackendPredictor:
     """Adapts a PromptSegmenter to the engine's Predictor protocol."""
 
-    def __init__(self, backend, prompts: list[str], stats: IntensityStats) -> None:
+    def __init__(
+        self, backend, prompts: list[str], stats: IntensityStats, encoded: Any = None
+    ) -> None:
         self.backend, self.stats = backend, stats
-        self.encoded = backend.encode_prompts(prompts)
+        self.encoded = backend.encode_prompts(prompts) if encoded is None else encoded
         self.n_outputs = len(prompts)
+
+    @property
+    def batch_limit(self) -> int | None:
+        return self.backend.batch_limit
 
     def pad_value(self) -> np.ndarray:
         return self.backend.pad_value(self.stats)
@@ -221,6 +243,12 @@ def iter_segment(
     overwrite: bool = False,
     cancel: threading.Event | None = None,
     chunks: int | None = None,
+    instances: bool = False,
+    min_size: float | str = 0,
+    fill_holes: bool = False,
+    smooth: int = 0,
+    split: bool = False,
+    scheduler: Any = None,
     bands: Sequence[int | str] | str | None = None,
     window: str | Sequence[float] | None = None,
     probabilities: bool = False,
@@ -230,6 +258,8 @@ def iter_segment(
     from .io import output
 
     prompts = _check_prompts(prompts)
+    if not isinstance(smooth, (int, np.integer)) or smooth < 0:
+        raise ValueError(f"smooth must be a radius in pixels (an integer >= 0), got {smooth!r}")
     overlap = _check_number("overlap", overlap, 0.0, 1.0, hi_open=True)
     threshold = _check_number("threshold", threshold, 0.0, 1.0, hi_open=False)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -242,6 +272,10 @@ def iter_segment(
     if out is not None:
         output.output_kind(out)  # an unsupported suffix fails before any work
     torch_device = resolve_device(device)
+    if scheduler is not None and out is None:
+        raise ValueError(
+            "scheduler= needs out=: a zarr store on storage that every worker can reach"
+        )
     source = open_image(image, channel_axis=channel_axis, bands=bands)
     backend, fn, model_desc = _resolve_model(model, str(torch_device))
     if window_lw is not None:
@@ -289,6 +323,19 @@ def iter_segment(
         "bands": source.metadata.get("band_indexes") if bands is not None else None,
         "window": list(window_lw) if window_lw is not None else None,
     }
+    n_spatial = len(shape)
+    post = PostProcess(
+        smooth=int(smooth),
+        fill_holes=bool(fill_holes),
+        min_size=parse_size(
+            min_size,
+            scale=source.metadata.get("scale"),
+            units=source.metadata.get("units"),
+            ndim=n_spatial,
+        ),
+    )
+    attrs["instances"] = bool(instances)
+    attrs["postprocess"] = {**post.to_dict(), "split": bool(split)}
 
     store = None
     done = None
@@ -342,33 +389,76 @@ def iter_segment(
         predictor = _CallablePredictor(fn, prompts, source.n_channels, torch_device)
     if store is not None:
         store.update_attrs(status="running")
-    info = yield from run(
-        source,
-        predictor,
-        plan,
-        sink,
-        weights=importance_map(roi, blend_mode),
-        batch_size=int(batch_size),
-        threshold=threshold,
-        done=done,
-        cancel=cancel,
-    )
+    if scheduler is not None:
+        info = yield from _run_on_cluster(
+            scheduler, image, source, channel_axis, model, backend, fn, predictor, prompts, stats,
+            plan, blend_mode, int(batch_size), threshold, store, done, cancel, str(torch_device),
+            bands=bands,
+        )  # fmt: skip
+    else:
+        info = yield from run(
+            source,
+            predictor,
+            plan,
+            sink,
+            weights=importance_map(roi, blend_mode),
+            batch_size=int(batch_size),
+            threshold=threshold,
+            done=done,
+            cancel=cancel,
+        )
     complete = not info.cancelled
+    if store is not None:
+        probs, labels = store.probabilities, store.labels
+    else:
+        probs, labels = sink.probabilities, sink.labels
+    inst_array, inst_classes = None, None
+    if complete and (instances or post.active):
+        if store is not None:
+            store.update_attrs(status="postprocessing")
+            scratch = [store.uint32_array(name) for name in SCRATCH_ARRAYS]
+            inst_array = store.uint32_array("instances")
+        else:
+            scratch = [np.zeros(shape, np.uint32) for _ in SCRATCH_ARRAYS]
+            inst_array = np.zeros(shape, np.uint32)
+        labelled = yield from _label_objects(
+            probs, labels, scratch, inst_array, threshold, post, n_lead, out_chunks,
+            cancel, split=split and instances,
+        )  # fmt: skip
+        if labelled is None:
+            complete = False
+        else:
+            inst_classes = {i: prompts[c - 1] for i, c in labelled.classes.items()}
+            attrs["objects"] = {"count": labelled.n_objects, "removed": labelled.removed}
+            if store is not None:
+                store.drop(*SCRATCH_ARRAYS)
+                store.update_attrs(
+                    objects=attrs["objects"],
+                    instance_classes={str(i): p for i, p in inst_classes.items()},
+                )
+            if not instances:
+                inst_array, inst_classes = None, None
+                if store is not None and "instances" in store.group:
+                    del store.group["instances"]
     files: list[Path] = []
     if store is not None:
-        store.update_attrs(status="complete" if complete else "cancelled")
-        probs, labels, metadata = store.probabilities, store.labels, store.attrs
         if complete and final is not None:
+            store.update_attrs(status="exporting")
             files = output.export(
                 store,
                 final,
                 label_names={i + 1: p for i, p in enumerate(prompts)},
-                source_metadata=metadata.get("source_metadata", {}),
+                source_metadata=attrs["source_metadata"],
                 probabilities=probabilities,
                 overwrite=overwrite,
             )
+        store.update_attrs(
+            status="complete" if complete else "cancelled", batch_size_used=info.batch_size_used
+        )
+        metadata = store.attrs
     else:
-        probs, labels, metadata = sink.probabilities, sink.labels, attrs
+        attrs["batch_size_used"] = info.batch_size_used
+        metadata = attrs
     return SegmentationResult(
         probabilities=probs,
         labels=labels,
@@ -379,8 +469,87 @@ def iter_segment(
         info=info,
         stats=stats,
         metadata=metadata,
+        instances=inst_array,
+        instance_classes=inst_classes,
         files=files,
     )
+
+
+def _run_on_cluster(
+    scheduler, image, source, channel_axis, model, backend, fn, predictor, prompts, stats, plan,
+    blend_mode, batch_size, threshold, store, done, cancel, device, *, bands=None,
+) -> Generator[Progress, None, RunInfo]:  # fmt: skip
+    """Hand the run to Dask workers (see :mod:`napari_llmseg.distributed`)."""
+    import uuid
+
+    from .distributed import TaskSpec, parse_scheduler, run_distributed
+
+    client, owned = parse_scheduler(scheduler)
+    try:
+        # Paths are opened by each worker; arrays travel once per worker (scatter).
+        if source.path is not None:
+            image_arg: Any = str(source.path)
+            axis = channel_axis
+        else:
+            image_arg = client.scatter(source.array, broadcast=True)
+            axis = source.channel_axis
+        if fn is not None:
+            model_arg: Any = client.scatter(fn, broadcast=True)
+        elif model is None or isinstance(model, (str, Path)):
+            model_arg = None if model is None else str(model)  # loaded once per worker
+        else:
+            model_arg = client.scatter(backend, broadcast=True)
+        spec = TaskSpec(
+            channel_axis=axis,
+            device=device,
+            prompts=prompts,
+            encoded=getattr(predictor, "encoded", None),
+            stats=stats.to_dict(),
+            plan=plan,
+            blend=blend_mode.value,
+            batch_size=batch_size,
+            threshold=threshold,
+            out=str(store.path),
+            run_id=f"llmseg-{uuid.uuid4().hex}",
+            bands=bands if source.path is not None else None,
+        )
+        return (
+            yield from run_distributed(client, spec, image_arg, model_arg, done, cancel, source)
+        )
+    finally:
+        if owned:
+            client.close()
+            if client.cluster is not None:
+                client.cluster.close()
+
+
+def _label_objects(
+    probabilities, labels, scratch, inst_array, threshold, post, n_lead, chunks, cancel, *, split
+) -> Generator[Progress, None, Any]:
+    """Post-process and label objects chunk by chunk; None if cancelled part way."""
+    semantic = semantic_source(
+        probabilities, labels, threshold=threshold, post=post, n_lead=n_lead
+    )
+    common = {
+        "instances": inst_array,
+        "labels_out": labels if post.active else None,
+        "min_size": post.min_size,
+    }
+    if split:
+        gen = split_instances(
+            semantic, tuple(labels.shape), chunks, scratch=scratch[0], seeds=scratch[1], **common
+        )
+    else:
+        gen = label_instances(semantic, tuple(labels.shape), chunks, scratch=scratch[0], **common)
+    while True:
+        try:
+            stage, done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(done, total, stage=f"instances: {stage}")
+        if cancel is not None and cancel.is_set():
+            gen.close()
+            return None
 
 
 def segment(
@@ -401,6 +570,12 @@ def segment(
     progress: Callable[[int, int], Any] | None = None,
     cancel: threading.Event | None = None,
     chunks: int | None = None,
+    instances: bool = False,
+    min_size: float | str = 0,
+    fill_holes: bool = False,
+    smooth: int = 0,
+    split: bool = False,
+    scheduler: Any = None,
     bands: Sequence[int | str] | str | None = None,
     window: str | Sequence[float] | None = None,
     probabilities: bool = False,
@@ -443,8 +618,8 @@ def segment(
         chunk. A ``.tif``/``.tiff`` file gets the labels as a tiled, compressed GeoTIFF with
         the input's CRS and transform (a plain TIFF for inputs without georeferencing); a
         ``.nii``/``.nii.gz`` file gets them as NIfTI with the input's affine. Both are written
-        from a working store ``out + ".zarr"`` once the run is complete (see
-        ``docs/formats.md``).
+        from a working store ``out + ".zarr"`` once the run (and any post-processing) is
+        complete (see ``docs/formats.md``).
     resume : bool
         Complete an interrupted run in ``out``: only chunks not yet written are computed,
         and the result is identical to an uninterrupted run.
@@ -457,6 +632,26 @@ def segment(
         and ``out`` can be resumed.
     chunks : int, optional
         Output chunk edge along the window axes (default 256).
+    instances : bool
+        Also label objects: ``result.instances`` gives every connected object of one class a
+        single id across the whole input (chunk by chunk, identical to labelling the whole
+        array at once), and ``result.instance_classes`` maps ids to prompts.
+    min_size : float or str
+        Remove objects smaller than this: a number of pixels (voxels), or a physical size
+        such as ``"20 um^3"`` or ``"0.5 mL"`` when the image has a scale with units.
+    fill_holes : bool
+        Fill background enclosed by one class, plane by plane (holes up to the output chunk
+        plus 64 px on each side).
+    smooth : int
+        Radius in pixels of a morphological opening of every class (0: none).
+    split : bool
+        With ``instances=True``, split touching objects of one class by a watershed from the
+        peaks of their (smoothed) distance transform, instead of one id per connected region.
+    scheduler : None, str or distributed.Client
+        Run on Dask's distributed scheduler: ``"local:N"`` (a local cluster of N
+        single-threaded worker processes), a scheduler address (``"tcp://host:8786"``) or a
+        ``Client``. Needs ``out=`` on storage every worker can reach. The result is
+        bit-identical to a single-process run with the same torch thread count.
     bands : sequence of int or str, or str, optional
         Bands of a (Geo)TIFF to segment, by 1-based index or description, e.g. ``"3,2,1"``
         for a Landsat RGB composite.
@@ -496,6 +691,12 @@ def segment(
         overwrite=overwrite,
         cancel=cancel,
         chunks=chunks,
+        instances=instances,
+        min_size=min_size,
+        fill_holes=fill_holes,
+        smooth=smooth,
+        split=split,
+        scheduler=scheduler,
         bands=bands,
         window=window,
         probabilities=probabilities,
@@ -505,7 +706,7 @@ def segment(
             step = next(gen)
         except StopIteration as stop:
             return stop.value
-        if progress is not None:
+        if progress is not None and step.stage == "segment":
             progress(step.done, step.total)
 
 

@@ -11,17 +11,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .backends.hf import WeightsUnavailableError
 from .io._optional import MissingExtraError
 
 #: Errors that mean "the user gave something we cannot use": reported in one line, exit 2.
+#: WeightsUnavailableError (weights not cached and not fetchable) says how to get them.
 USER_ERRORS = (
     ValueError,
     TypeError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
+    WeightsUnavailableError,
     MissingExtraError,
 )
+
+
+def _size(text: str) -> float | str:
+    """A plain number stays a number of pixels; anything else is parsed with its unit later."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _probability(text: str) -> float:
@@ -51,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples: napari-llmseg segment sample_data/nuclei.tif -p nuclei -o nuclei.zarr | "
         "napari-llmseg segment scene.tif --bands 3,2,1 -p water -o water.tif --vector "
         "water.gpkg | napari-llmseg segment ct/ -p bone --window bone -o bone.nii.gz",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     seg.add_argument(
         "input", help="image: .zarr, .tif/.tiff, .npy, .nii/.nii.gz, or a DICOM series folder"
@@ -71,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="output: a .zarr store, a .tif/.tiff (GeoTIFF) or .nii/.nii.gz file (written from "
         "a working store OUT.zarr kept beside it)",
     )
-    seg.add_argument("--model", default=None, help="model name or folder (default: llmseg-tiny)")
+    seg.add_argument(
+        "--model",
+        default=None,
+        help="llmseg-tiny (default), clipseg, sam3, grounded-sam, NAME:MODEL_ID, NAME:FOLDER "
+        "or a model folder; see `napari-llmseg models`",
+    )
     seg.add_argument(
         "--roi", type=int, default=None, help="window size in pixels (default: the model's)"
     )
@@ -121,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="simplify --vector polygons with this tolerance in CRS units",
+    )
+    seg.add_argument(
+        "--instances", action="store_true", help="also label objects (one id per object)"
+    )
+    seg.add_argument(
+        "--split", action="store_true", help="split touching objects (watershed; with --instances)"
+    )
+    seg.add_argument(
+        "--min-size", default="0",
+        help="remove smaller objects: pixels, or a size with unit such as '20 um^3' or '0.5 mL'",
+    )  # fmt: skip
+    seg.add_argument("--fill-holes", action="store_true", help="fill holes in objects")
+    seg.add_argument("--smooth", type=int, default=0, help="opening radius in pixels (default 0)")
+    where = seg.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, default=None,
+        help="run on a local Dask cluster of N single-threaded worker processes",
+    )  # fmt: skip
+    where.add_argument(
+        "--scheduler", default=None, help="run on the Dask scheduler at ADDRESS (tcp://host:8786)"
     )
     seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
@@ -176,6 +211,12 @@ def _segment(args: argparse.Namespace) -> int:
             progress=progress,
             cancel=cancel,
             chunks=args.chunks,
+            instances=args.instances,
+            split=args.split,
+            min_size=_size(args.min_size),
+            fill_holes=args.fill_holes,
+            smooth=args.smooth,
+            scheduler=(f"local:{args.workers}" if args.workers is not None else args.scheduler),
             bands=args.bands,
             window=args.window,
             probabilities=args.probabilities,
@@ -216,6 +257,11 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"wrote {result.out}")
     for line in result.summary():
         print(line)
+    if result.info.batch_size_used < args.batch:
+        print(
+            f"note: GPU memory ran out with --batch {args.batch}; the run finished with "
+            f"{result.info.batch_size_used} windows at once"
+        )
     return 0
 
 

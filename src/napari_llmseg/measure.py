@@ -91,6 +91,75 @@ def physical_size(
     return size, unit, millilitres(size, unit)
 
 
+@dataclass
+class ObjectMeasurement:
+    """Measurements of one object (an instance id)."""
+
+    id: int
+    prompt: str
+    voxels: int
+    size: float
+    unit: str
+    centroid: tuple[float, ...]
+    mean_intensity: float | None
+
+
+def _blocks(shape: tuple[int, ...]):
+    step = max(1, (16 * 1024**2) // max(1, math.prod(shape[1:])))
+    for z in range(0, shape[0], step):
+        yield slice(z, min(z + step, shape[0]))
+
+
+def measure_objects(
+    instances: Any,
+    instance_classes: Mapping[int, str],
+    *,
+    image: Any = None,
+    scale: Sequence[float] | None = None,
+    units: Sequence[str] | None = None,
+) -> list[ObjectMeasurement]:
+    """Size, centroid (in physical coordinates when ``scale`` is given) and mean intensity of
+    every object of an instance label array, read block by block."""
+    shape = tuple(int(s) for s in instances.shape)
+    ndim = len(shape)
+    unit, physical = _unit_power(units, ndim)
+    spacing = np.asarray(scale[-ndim:] if scale is not None and physical else [1.0] * ndim)
+    n = max((int(i) for i in instance_classes), default=0) + 1
+    counts = np.zeros(n, dtype=np.int64)
+    sums = np.zeros(n)
+    coords = np.zeros((ndim, n))
+    for zs in _blocks(shape):
+        block = np.asarray(instances[zs]).astype(np.int64).ravel()
+        inside = block < n
+        ids = block[inside]
+        counts += np.bincount(ids, minlength=n)
+        grid = np.indices(tuple(zs.stop - zs.start if a == 0 else s for a, s in enumerate(shape)))
+        for a in range(ndim):
+            c = grid[a].ravel()[inside] + (zs.start if a == 0 else 0)
+            coords[a] += np.bincount(ids, weights=c, minlength=n)
+        if image is not None:
+            img = np.asarray(image[zs], dtype=np.float64)
+            if img.ndim == ndim + 1:
+                img = img.mean(axis=-1)
+            sums += np.bincount(ids, weights=img.ravel()[inside], minlength=n)
+    pixel = float(np.prod(spacing))
+    out = []
+    for i in sorted(int(k) for k in instance_classes):
+        c = max(counts[i], 1)
+        out.append(
+            ObjectMeasurement(
+                id=i,
+                prompt=str(instance_classes[i]),
+                voxels=int(counts[i]),
+                size=float(counts[i] * pixel),
+                unit=unit,
+                centroid=tuple(float(coords[a, i] / c * spacing[a]) for a in range(ndim)),
+                mean_intensity=float(sums[i] / c) if image is not None and counts[i] else None,
+            )
+        )
+    return out
+
+
 def measure(
     labels: Any,
     label_names: Mapping[int, str],
@@ -99,6 +168,7 @@ def measure(
     scale: Sequence[float] | None = None,
     units: Sequence[str] | None = None,
     max_label_voxels: int = MAX_LABEL_VOXELS,
+    objects: Sequence[ObjectMeasurement] | None = None,
 ) -> list[ClassMeasurement]:
     """Measure every labelled class of ``labels``.
 
@@ -114,6 +184,9 @@ def measure(
         Physical size of a pixel along each axis (napari's layer ``scale``).
     units : sequence of str, optional
         Unit of each axis (napari's layer ``units``); sizes are in pixels without them.
+    objects : sequence of ObjectMeasurement, optional
+        Per-object measurements of an instance segmentation (:func:`measure_objects`); object
+        counts and median sizes then come from them instead of connected components.
     """
     shape = tuple(int(s) for s in labels.shape)
     ndim = len(shape)
@@ -124,23 +197,29 @@ def measure(
     ids = sorted(int(i) for i in label_names)
     counts = dict.fromkeys(ids, 0)
     sums = dict.fromkeys(ids, 0.0)
-    step = max(1, (16 * 1024**2) // max(1, math.prod(shape[1:])))
-    for z in range(0, shape[0], step):
-        block = np.asarray(labels[z : z + step])
+    for zs in _blocks(shape):
+        block = np.asarray(labels[zs])
         flat = block.ravel()
         top = max(ids) + 1
         bc = np.bincount(flat[flat < top], minlength=top)
         for i in ids:
             counts[i] += int(bc[i])
         if image is not None:
-            img = np.asarray(image[z : z + step], dtype=np.float64)
+            img = np.asarray(image[zs], dtype=np.float64)
             if img.ndim == block.ndim + 1:
                 img = img.mean(axis=-1)
             sb = np.bincount(flat[flat < top], weights=img.ravel()[flat < top], minlength=top)
             for i in ids:
                 sums[i] += float(sb[i])
-    objects: dict[int, tuple[int | None, float | None]] = {}
-    if math.prod(shape) <= max_label_voxels:
+    per_class: dict[int, tuple[int | None, float | None]] = {}
+    if objects is not None:
+        by_name: dict[str, list[float]] = {}
+        for o in objects:
+            by_name.setdefault(o.prompt, []).append(o.size)
+        for i in ids:
+            found = by_name.get(str(label_names[i]), [])
+            per_class[i] = (len(found), float(np.median(found)) if found else None)
+    elif math.prod(shape) <= max_label_voxels:
         from scipy import ndimage
 
         full = np.asarray(labels[...])
@@ -148,13 +227,13 @@ def measure(
             comp, n = ndimage.label(full == i)
             if n:
                 sizes = np.bincount(comp.ravel())[1:]
-                objects[i] = (int(n), float(np.median(sizes)) * pixel)
+                per_class[i] = (int(n), float(np.median(sizes)) * pixel)
             else:
-                objects[i] = (0, None)
+                per_class[i] = (0, None)
     total = math.prod(shape)
     out = []
     for i in ids:
-        n_obj, med = objects.get(i, (None, None))
+        n_obj, med = per_class.get(i, (None, None))
         out.append(
             ClassMeasurement(
                 label=i,
@@ -195,8 +274,8 @@ def report(measurements: Sequence[ClassMeasurement], *, ndim: int = 3) -> str:
     return "\n".join(lines)
 
 
-def to_csv(measurements: Sequence[ClassMeasurement], path: str | Path) -> Path:
-    """Write the measurements as CSV, one row per prompt; returns the path."""
+def to_csv(measurements: Sequence[Any], path: str | Path) -> Path:
+    """Write measurements (per prompt or per object) as CSV, one row each; returns the path."""
     path = Path(path)
     rows = [asdict(m) for m in measurements]
     with path.open("w", newline="") as f:

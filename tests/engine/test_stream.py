@@ -158,3 +158,53 @@ def test_reader_errors_propagate():
 
     with pytest.raises(OSError, match="disk gone"):
         segment(Failing(), "a", model=smooth_model, roi_size=32)
+
+
+def test_batch_size_used_reports_the_predictor_limit(rng):
+    from napari_llmseg.engine.stream import MemorySink, run
+    from napari_llmseg.engine.windows import importance_map
+    from napari_llmseg.io.image import open_image
+
+    image = rng.normal(size=(64, 64)).astype(np.float32)
+    assert (
+        segment(image, "a", model=smooth_model, roi_size=32, batch_size=3).info.batch_size_used
+        == 3
+    )
+
+    class Limited:
+        """A predictor whose model lowers its own batch limit on the second batch."""
+
+        n_outputs = 1
+        batch_limit: int | None = None
+
+        def pad_value(self):
+            return np.zeros(1, np.float32)
+
+        def prepare(self, raw):
+            return raw
+
+        def predict(self, prepared):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 2:
+                self.batch_limit = 1
+            return prepared[:, :1]
+
+    plan = WindowPlan((64, 64), (32, 32), 0.25, (64, 64))
+    source = open_image(image)
+    gen = run(
+        source,
+        Limited(),
+        plan,
+        MemorySink((64, 64), 1, np.dtype(np.uint8)),
+        weights=importance_map((32, 32), "gaussian"),
+        batch_size=4,
+        threshold=0.5,
+    )
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            info = stop.value
+            break
+    assert info.windows == plan.n_windows > 4  # more than one batch
+    assert info.batch_size_used == 1

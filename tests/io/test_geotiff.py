@@ -438,3 +438,18 @@ def test_ground_control_points_warn_that_nothing_is_georeferenced(tmp_path, rng)
                       r"affine transform; outputs carry no georeferencing"):  # fmt: skip
         s = open_image(path)
     assert "transform" not in s.metadata and "crs_wkt" not in s.metadata
+
+
+def test_geotiff_output_holds_the_post_processed_labels(tmp_path, landsat_bands):
+    from scipy import ndimage
+
+    res = segment(LANDSAT, "water", model=ndwi_model, out=tmp_path / "w.tif", min_size=50)
+    with rasterio.open(tmp_path / "w.tif") as ds:
+        labels = ds.read(1)
+    np.testing.assert_array_equal(labels, np.asarray(res.labels))
+    raw = ndwi_mask(landsat_bands)
+    comp, _ = ndimage.label(raw)
+    sizes = np.bincount(comp.ravel())
+    small = np.isin(comp, np.flatnonzero(sizes < 50)) & raw
+    assert small.any()  # there are small water bodies to remove ...
+    np.testing.assert_array_equal(labels == 1, raw & ~small)  # ... and the file lacks them

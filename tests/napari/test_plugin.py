@@ -197,3 +197,46 @@ def test_uncertainty_is_binary_entropy_of_least_sure_prompt():
     p = np.array([[[0.5, 1.0, 0.0]], [[0.0, 0.9, 0.0]]], dtype=np.float32)
     h = uncertainty(p)
     np.testing.assert_allclose(h, [[1.0, 0.469, 0.0]], atol=1e-3)
+
+
+def test_instances_output_and_per_object_measurements(qtbot, viewer_and_widget, tmp_path):
+    viewer, widget = viewer_and_widget
+    vol = tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[24:36]
+    layer = viewer.add_image(vol, name="nuclei", scale=(0.29, 0.26, 0.26), units=("um",) * 3)
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    widget.output.value = ["labels", "instances"]
+    widget.split.value = True
+    widget.min_size.value = "50 um^3"
+    run_and_wait(qtbot, widget)
+    expected = segment(
+        vol, "nuclei", instances=True, split=True, min_size=50 / (0.29 * 0.26 * 0.26)
+    )
+    inst = viewer.layers["nuclei instances"]
+    np.testing.assert_array_equal(np.asarray(inst.data), expected.instances)
+    table = widget.measurements.to_dict("list")
+    assert list(table) == ["id", "prompt", "size", "unit", "centroid", "mean intensity"]
+    assert table["id"] == list(range(1, expected.instances.max() + 1))
+    assert set(table["unit"]) == {"um^3"} and min(table["size"]) >= 50
+    assert "objects" in widget.status.value
+
+
+def test_disk_backed_result_above_threshold(qtbot, viewer_and_widget, monkeypatch, notes):
+    import zarr
+
+    import napari_llmseg._widget as w
+
+    monkeypatch.setattr(w, "DISK_THRESHOLD_BYTES", 1024)
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(
+        tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[28:30], name="small"
+    )
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["small labels"]
+    assert isinstance(labels.data, zarr.Array)
+    store = labels.metadata["store"]
+    assert store and store.endswith(".zarr") and "napari-llmseg" in store
+    assert store in widget.status.value
+    assert any(store in m for _, m in notes)

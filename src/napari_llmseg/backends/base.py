@@ -8,18 +8,73 @@ The engine calls a backend in three steps, each with a clear cost:
    statistics the engine computed once for the whole input (on the reader thread);
 3. :meth:`PromptSegmenter.predict` on every prepared batch, returning logits for all prompts
    at once, so that a backend can encode each window once and reuse it for every prompt.
+
+Instance models (``gives_instances = True``) also implement
+:meth:`PromptSegmenter.predict_instances`, which returns the objects found in each window as
+:class:`WindowInstances` (masks, scores, prompt index, boxes, in window pixels), for merging
+instances across overlapping windows. Their :meth:`~PromptSegmenter.predict` logits are derived
+from the same instances, so semantic and instance outputs agree.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..engine.normalize import IntensityStats
+
+
+@dataclass(frozen=True)
+class WindowInstances:
+    """The objects an instance model found in one window, in window pixel coordinates.
+
+    Attributes
+    ----------
+    masks : (N, H, W) bool ndarray
+        One mask per object, at window resolution.
+    scores : (N,) float32 ndarray
+        Confidence of each object, in [0, 1].
+    prompt_index : (N,) int64 ndarray
+        Which prompt (index into the run's prompts) each object answers.
+    boxes : (N, 4) float32 ndarray
+        Bounding boxes ``(x0, y0, x1, y1)`` in window pixels, as the model predicted them.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    prompt_index: np.ndarray
+    boxes: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.masks.ndim != 3 or self.masks.dtype != bool or len(self.masks) != n:
+            raise ValueError(
+                f"masks must be a bool (N, H, W) array with N = {n}, got "
+                f"{self.masks.dtype} {self.masks.shape}"
+            )
+        if self.prompt_index.shape != (n,) or self.boxes.shape != (n, 4):
+            raise ValueError(
+                f"prompt_index must have shape ({n},) and boxes ({n}, 4), got "
+                f"{self.prompt_index.shape} and {self.boxes.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> WindowInstances:
+        """No objects in a window of ``shape`` (H, W)."""
+        return cls(
+            masks=np.zeros((0, *shape), dtype=bool),
+            scores=np.zeros(0, dtype=np.float32),
+            prompt_index=np.zeros(0, dtype=np.int64),
+            boxes=np.zeros((0, 4), dtype=np.float32),
+        )
 
 
 class PromptSegmenter(ABC):
@@ -34,13 +89,19 @@ class PromptSegmenter(ABC):
     default_roi : int
         Window edge used when the caller gives no ``roi_size``.
     gives_instances : bool
-        Whether the backend can also return per-window instance masks.
+        Whether the backend can also return per-window instance masks
+        (:meth:`predict_instances`).
+    batch_limit : int or None
+        Most windows the backend runs at once, lowered after a GPU out-of-memory error
+        (None: no limit found). The engine reports the batch size in effect as
+        ``RunInfo.batch_size_used``.
     """
 
     name: str = "backend"
     spatial_dims: int = 2
     default_roi: int = 256
     gives_instances: bool = False
+    batch_limit: int | None = None
 
     @abstractmethod
     def encode_prompts(self, prompts: Sequence[str]) -> Any:
@@ -53,6 +114,19 @@ class PromptSegmenter(ABC):
     @abstractmethod
     def predict(self, batch: Any, encoded: Any) -> np.ndarray:
         """Logits ``(B, P, *roi)`` float32 for a prepared batch and the encoded prompts."""
+
+    def predict_instances(self, batch: Any, encoded: Any) -> list[WindowInstances]:
+        """Objects found in each window of a prepared batch, one record per window.
+
+        Only backends with ``gives_instances = True`` implement it.
+        """
+        raise NotImplementedError(f"the {self.name} backend gives no instances")
+
+    def predict_with_instances(
+        self, batch: Any, encoded: Any
+    ) -> tuple[np.ndarray, list[WindowInstances]]:
+        """Logits and instances of a prepared batch; instance backends do it in one pass."""
+        return self.predict(batch, encoded), self.predict_instances(batch, encoded)
 
     def check_channels(self, n_channels: int) -> None:
         """Raise ValueError if the backend cannot take images with ``n_channels`` channels."""

@@ -11,6 +11,8 @@ Layout of a store written by :func:`napari_llmseg.segment` with ``out=``::
       probabilities/     (P, *spatial) float32
       _chunks_done/      one uint8 per output chunk; 1 once that chunk's labels and
                          probabilities are written
+      instances/         (*spatial) uint32 object ids, with instances=True (ids 1..N in raster
+                         order of each object's first voxel); attributes list each id's prompt
 
 Zarr's local store writes every chunk file atomically (write to a temporary file, then
 rename), and a chunk is marked done only after its data is written, so a run killed at any
@@ -27,6 +29,7 @@ import numpy as np
 
 ATTR_KEY = "napari_llmseg"
 DONE_ARRAY = "_chunks_done"
+SCRATCH_ARRAYS = ("_instances_scratch", "_instances_seeds")
 
 #: Parameters that must match for a run to resume into an existing store.
 RESUME_KEYS = (
@@ -43,6 +46,8 @@ RESUME_KEYS = (
     "channel_axis",
     "bands",
     "window",
+    "instances",
+    "postprocess",
 )
 
 
@@ -158,6 +163,21 @@ class OutputStore:
                     "settings, or overwrite=True to start again"
                 )
         return cls(group), stored
+
+    def uint32_array(self, name: str) -> Any:
+        """A uint32 array shaped and chunked like ``labels`` (``instances`` or a scratch array),
+        created on first use."""
+        if name in self.group:
+            return self.group[name]
+        return self.group.create_array(
+            name, shape=self.labels.shape, chunks=self.labels.chunks, dtype=np.uint32,
+            fill_value=0, dimension_names=_dim_names(len(self.labels.shape)),
+        )  # fmt: skip
+
+    def drop(self, *names: str) -> None:
+        for name in names:
+            if name in self.group:
+                del self.group[name]
 
     def done_grid(self) -> np.ndarray:
         return np.asarray(self.done[...], dtype=bool)

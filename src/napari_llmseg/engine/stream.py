@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..io.image import ImageSource
+from ..postprocess import threshold_labels
 from .windows import WindowPlan
 
 #: Budget for blending accumulators of unfinished chunks, used to size plane groups.
@@ -37,15 +38,26 @@ OPEN_CHUNK_BUDGET = 256 * 1024**2
 
 @dataclass(frozen=True)
 class Progress:
-    """Windows predicted so far out of the windows this run will predict."""
+    """Work done so far out of the work of the current stage.
+
+    In the ``"segment"`` stage, counts are windows; in the later ``"instances: ..."`` stages
+    they are output chunks.
+    """
 
     done: int
     total: int
+    stage: str = "segment"
 
 
 @dataclass
 class RunInfo:
-    """What a run did; returned by :func:`run`."""
+    """What a run did; returned by :func:`run`.
+
+    ``batch_size_used`` is the number of windows the model ran at once when the run ended:
+    the requested batch size, or less when the model had to lower it (a backend halves its
+    batches after a GPU out-of-memory error, see ``Predictor.batch_limit``); 0 when it is not
+    reported (runs on a Dask cluster, whose workers each keep their own).
+    """
 
     windows: int = 0
     total: int = 0
@@ -54,10 +66,15 @@ class RunInfo:
     cancelled: bool = False
     predict_seconds: float = 0.0
     seconds: float = 0.0
+    batch_size_used: int = 0
 
 
 class Predictor(Protocol):
-    """What the engine needs from a model (see ``api._BackendPredictor``)."""
+    """What the engine needs from a model (see ``api._BackendPredictor``).
+
+    A predictor may also have a ``batch_limit`` attribute (int or None): the most windows its
+    model runs at once, which the engine reports as ``RunInfo.batch_size_used``.
+    """
 
     n_outputs: int
 
@@ -69,6 +86,12 @@ class Predictor(Protocol):
 
     def predict(self, prepared: Any) -> np.ndarray:
         """Logits (B, n_outputs, *roi) float32 for a prepared batch."""
+
+
+class CancelFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event, or a distributed.Event adapter."""
+
+    def is_set(self) -> bool: ...
 
 
 class Sink(Protocol):
@@ -94,10 +117,6 @@ class MemorySink:
         self.labels[region] = labels
 
 
-def label_dtype(n_outputs: int) -> np.dtype:
-    return np.dtype(np.uint8 if n_outputs < 255 else np.uint16)
-
-
 def finalize_chunk(
     num: np.ndarray, den: np.ndarray, bad: np.ndarray | None, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +131,7 @@ def finalize_chunk(
     prob = expit(num / den).astype(np.float32, copy=False)
     if bad is not None:
         prob[:, bad] = 0.0
-    best = prob.argmax(axis=0)
-    top = np.take_along_axis(prob, best[None], axis=0)[0]
-    labels = np.where(top > threshold, best + 1, 0).astype(label_dtype(prob.shape[0]))
-    return prob, labels
+    return prob, threshold_labels(prob, threshold)
 
 
 @dataclass
@@ -336,7 +352,7 @@ def run(
     batch_size: int,
     threshold: float,
     done: np.ndarray | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelFlag | None = None,
     prefetch: int = 2,
 ) -> Generator[Progress, None, RunInfo]:
     """Segment ``source`` window by window, yielding progress after every batch.
@@ -368,7 +384,7 @@ def run(
         Returned as the generator's value (``StopIteration.value``).
     """
     t_start = time.perf_counter()
-    info = RunInfo()
+    info = RunInfo(batch_size_used=batch_size)
     group = plane_group(source, plan, predictor.n_outputs)
     batches = batches_to_run(plan, plan.order(group), batch_size, done)
     info.total = int(sum(len(b) for b in batches))
@@ -389,6 +405,9 @@ def run(
             t0 = time.perf_counter()
             logits = predictor.predict(batch.prepared)
             info.predict_seconds += time.perf_counter() - t0
+            limit = getattr(predictor, "batch_limit", None)
+            if limit is not None:
+                info.batch_size_used = min(batch_size, int(limit))
             if logits.shape != (len(batch.rows), *expected):
                 raise ValueError(
                     f"the model returned logits of shape {tuple(logits.shape)} for a batch of "

@@ -356,6 +356,9 @@ def _open_zarr(path: Path) -> tuple[Any, dict]:
         for t in ds.get("coordinateTransformations", []):
             if t.get("type") == "scale":
                 meta["scale"] = tuple(t["scale"])
+        axes = [a for a in ms.get("axes", []) if isinstance(a, dict)]
+        if axes and all(a.get("unit") for a in axes if a.get("type") == "space"):
+            meta["units"] = tuple(a.get("unit", "") for a in axes)
         return node[ds["path"]], meta
     arrays = [name for name, item in node.arrays()]
     if len(arrays) == 1:

@@ -1,0 +1,278 @@
+"""Running the engine on Dask's distributed scheduler, with the same output.
+
+Work is split by output chunk: a task owns a set of output chunks (a group of planes of a
+volume, or a band of chunk rows of a 2D image) and runs the ordinary streaming engine with
+every other chunk marked as done. The engine then feeds the model exactly the batches the
+single-process run would have fed it that touch the task's chunks, and blends the windows of
+each chunk in the same order, so the result is bit-identical to a single-process run with the
+same torch thread count. No two tasks write the same chunk, and a chunk is marked done in the
+store only after its data, so a task that dies is simply run again (Dask retries it) and a
+killed run resumes like any other.
+
+The model is loaded once per worker process and kept; the prompts are encoded once, on the
+client, and shipped to the workers with the intensity statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine.stream import Progress, RunInfo
+
+#: Worker-process cache of loaded models, keyed by (model spec, device).
+_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclass
+class TaskSpec:
+    """Everything a worker needs to run its share (picklable)."""
+
+    channel_axis: int | None
+    device: str
+    prompts: list[str]
+    encoded: Any  # prompt encodings computed on the client (backends only)
+    stats: dict
+    plan: Any  # WindowPlan
+    blend: str
+    batch_size: int
+    threshold: float
+    out: str
+    run_id: str
+    bands: Any = None  # band selection of a (Geo)TIFF path, opened again on each worker
+
+
+def parse_scheduler(scheduler: Any) -> tuple[Any, bool]:
+    """-> (distributed.Client, whether we created it and must close it)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ModuleNotFoundError:  # pragma: no cover - distributed is in the [all] extra
+        raise ModuleNotFoundError(
+            "scheduler= needs the 'distributed' package: pip install napari-llmseg[distributed]"
+        ) from None
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    if isinstance(scheduler, str) and scheduler.startswith("local:"):
+        try:
+            n = int(scheduler.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"scheduler {scheduler!r}: expected 'local:N' with N >= 1 workers")
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        return Client(cluster), True
+    if isinstance(scheduler, str) and "://" in scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), True
+        except OSError as err:
+            raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {err}") from None
+    raise ValueError(
+        f"scheduler must be 'local:N', a scheduler address such as 'tcp://host:8786', or a "
+        f"distributed.Client; got {scheduler!r}"
+    )
+
+
+def task_regions(plan: Any, n_workers: int) -> list[tuple[slice, ...]]:
+    """Partition the output chunk grid into task regions along its first axis.
+
+    For a volume run plane by plane the first axis is the planes, which share no windows;
+    for a 2D image it is the rows of chunks (windows on a band border are predicted by both
+    tasks). About four tasks per worker keep every worker busy to the end.
+    """
+    grid = plan.grid
+    per = max(1, math.ceil(grid[0] / max(4 * n_workers, 1)))
+    rest = tuple(slice(None) for _ in grid[1:])
+    return [(slice(i, min(i + per, grid[0])), *rest) for i in range(0, grid[0], per)]
+
+
+def _worker_model(model: Any, device: str) -> Any:
+    """A backend object or callable as shipped, or a model name loaded once per worker."""
+    if model is not None and not isinstance(model, (str, Path)):
+        return model
+    from .backends.registry import get_model
+
+    device = _worker_device(device)
+    key = (str(model), device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = get_model(model, device=device)
+        return _MODELS[key]
+
+
+def _worker_device(device: str) -> str:
+    """'auto' on a worker: its own GPU (one per worker, by worker index), else the CPU."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            return "cuda:0"  # dask-cuda gives every worker its own visible device
+        try:
+            from distributed import get_worker
+
+            name = str(get_worker().name)
+            index = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else 0
+        except (ValueError, ImportError):
+            index = 0
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return "cpu"
+
+
+class _DistributedEvent:
+    """threading.Event-like view of a distributed.Event, checked once per batch."""
+
+    def __init__(self, name: str) -> None:
+        from distributed import Event
+
+        self.event = Event(name)
+
+    def is_set(self) -> bool:
+        return bool(self.event.is_set())
+
+
+def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) -> dict:
+    """Run the engine for the output chunks in ``region`` of the chunk grid (on a worker).
+
+    ``image`` is a path or an array, ``model`` a name/folder, a backend or a callable.
+    """
+    import torch
+    import zarr
+
+    from distributed import Queue, get_worker
+
+    from .api import _BackendPredictor, _CallablePredictor
+    from .engine.normalize import IntensityStats
+    from .engine.resume import OutputStore
+    from .engine.stream import run
+    from .engine.windows import importance_map
+    from .io.image import open_image
+
+    torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
+    source = open_image(image, channel_axis=spec.channel_axis, bands=spec.bands)
+    store = OutputStore(zarr.open_group(spec.out, mode="r+"))
+    done = np.ones(spec.plan.grid, dtype=bool)
+    done[region] = store.done_grid()[region]  # everything outside the task counts as done
+    stats = IntensityStats.from_dict(spec.stats)
+    model = _worker_model(model, spec.device)
+    if not hasattr(model, "encode_prompts"):
+        predictor: Any = _CallablePredictor(model, spec.prompts, source.n_channels, "cpu")
+    else:
+        predictor = _BackendPredictor(model, spec.prompts, stats, encoded=spec.encoded)
+    progress = Queue(f"{spec.run_id}-progress")
+    gen = run(
+        source, predictor, spec.plan, store,
+        weights=importance_map(spec.plan.roi, spec.blend), batch_size=spec.batch_size,
+        threshold=spec.threshold, done=done, cancel=_DistributedEvent(f"{spec.run_id}-cancel"),
+    )  # fmt: skip
+    last = 0
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            info = stop.value
+            break
+        if step.done > last:
+            progress.put(step.done - last)
+            last = step.done
+    return {"windows": info.windows, "chunks": info.chunks_written, "cancelled": info.cancelled}
+
+
+def _check_paths(image: Any, out: str) -> str | None:
+    """Runs on every worker before any task: can it read the input and write the output?"""
+    if isinstance(image, (str, os.PathLike)) and not Path(image).exists():
+        return f"input '{image}' does not exist on this worker"
+    if not Path(out).is_dir():
+        return f"output store '{out}' is not reachable from this worker"
+    if not os.access(out, os.W_OK):
+        return f"output store '{out}' is not writable from this worker"
+    return None
+
+
+def run_distributed(
+    client: Any,
+    spec: TaskSpec,
+    image: Any,
+    model: Any,
+    done: np.ndarray | None,
+    cancel: threading.Event | None,
+    source: Any,
+) -> Generator[Progress, None, RunInfo]:
+    """Run every task on the cluster; yields aggregated progress, returns a RunInfo."""
+    from distributed import Event, Queue
+
+    from .engine.stream import batches_to_run, plane_group
+
+    t0 = time.perf_counter()
+    problems = client.run(_check_paths, image if isinstance(image, str) else None, spec.out)
+    bad = {w: p for w, p in problems.items() if p}
+    if bad:
+        worker, problem = next(iter(bad.items()))
+        raise ValueError(f"worker {worker}: {problem}; every worker must see the same paths")
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    plan = spec.plan
+    order = plan.order(plane_group(source, plan, len(spec.prompts)))
+    regions = task_regions(plan, n_workers)
+    prior = done if done is not None else np.zeros(plan.grid, dtype=bool)
+    totals = []
+    for region in regions:
+        mask = np.ones(plan.grid, dtype=bool)
+        mask[region] = prior[region]
+        totals.append(sum(len(b) for b in batches_to_run(plan, order, spec.batch_size, mask)))
+    work = [(r, n) for r, n in zip(regions, totals, strict=True) if n]
+    info = RunInfo(total=sum(n for _, n in work))
+    cancel_event = Event(f"{spec.run_id}-cancel", client=client)
+    progress = Queue(f"{spec.run_id}-progress", client=client)
+    futures = [
+        client.submit(run_task, spec, r, image, model, pure=False, retries=3) for r, _ in work
+    ]
+
+    def drain() -> int:
+        moved = progress.get(batch=True)
+        return int(sum(moved)) if moved else 0
+
+    yield Progress(0, info.total)
+    try:
+        while True:
+            if cancel is not None and cancel.is_set() and not info.cancelled:
+                info.cancelled = True
+                cancel_event.set()  # running tasks stop after their current batch
+                client.cancel([f for f in futures if f.status == "pending"])
+            for fut in futures:
+                if fut.status == "error":
+                    fut.result()  # re-raises the worker's exception here
+            moved = drain()
+            if moved:
+                info.windows += moved
+                yield Progress(info.windows, info.total)
+            if all(f.done() for f in futures):
+                break
+            if not moved:
+                time.sleep(0.05)
+        moved = drain()
+        if moved:
+            info.windows += moved
+            yield Progress(info.windows, info.total)
+        for fut in futures:
+            if fut.status == "finished":
+                result = fut.result()
+                info.chunks_written += result["chunks"]
+                info.cancelled |= bool(result["cancelled"])
+    finally:
+        unfinished = [f for f in futures if not f.done()]
+        if unfinished:
+            cancel_event.set()
+            client.cancel(unfinished)
+    info.seconds = time.perf_counter() - t0
+    return info

@@ -1,0 +1,204 @@
+"""The engine on Dask's distributed scheduler: identical output, resume, failures, cancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_llmseg import segment
+from tests.conftest import ROOT, paced_model, smooth_model, write_zarr
+
+pytestmark = pytest.mark.slow
+
+KW = dict(roi_size=64, overlap=0.25, batch_size=4, chunks=64)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "in.zarr"
+    rng = np.random.default_rng(3)
+    write_zarr(path, rng.normal(size=(12, 160, 200)).astype(np.float32), (4, 80, 100))
+    return path
+
+
+def single_thread_reference(src, out, model, prompts=("a", "b"), **kw):
+    """The single-process run, with the same torch thread count as the workers (1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return segment(src, list(prompts), model=model, out=out, **{**KW, **kw})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def same_store(a, b):
+    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
+    for name in ("labels", "probabilities"):
+        x, y = np.asarray(ga[name][...]), np.asarray(gb[name][...])
+        assert np.array_equal(x, y), name
+    assert np.asarray(gb["_chunks_done"][...]).all()
+
+
+def test_identical_to_single_process(client, volume, tmp_path):
+    ref = single_thread_reference(volume, tmp_path / "single.zarr", smooth_model)
+    calls = []
+    res = segment(volume, ["a", "b"], model=smooth_model, out=tmp_path / "dist.zarr",
+                  scheduler=client, progress=lambda d, t: calls.append((d, t)), **KW)  # fmt: skip
+    assert res.complete and res.info.windows == ref.info.windows == calls[-1][0] == calls[-1][1]
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    same_store(tmp_path / "single.zarr", tmp_path / "dist.zarr")
+
+
+def test_named_model_loaded_on_workers_with_shipped_prompts(client, volume, tmp_path):
+    import tifffile
+
+    vol = tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[26:30]
+    src = write_zarr(tmp_path / "n.zarr", vol, (2, 128, 128))
+    ref = single_thread_reference(
+        src, tmp_path / "s.zarr", None, prompts=("nuclei",), roi_size=128
+    )
+    res = segment(
+        src, "nuclei", out=tmp_path / "d.zarr", scheduler=client, **{**KW, "roi_size": 128}
+    )
+    assert res.complete and res.metadata["model"]["name"] == "llmseg-tiny"
+    same_store(tmp_path / "s.zarr", tmp_path / "d.zarr")
+    loaded = client.run(
+        lambda: sorted(k[0] for k in __import__("napari_llmseg.distributed").distributed._MODELS)
+    )
+    assert all(v == ["None"] for v in loaded.values())  # one cached model per worker
+    del ref
+
+
+def test_cancel_stops_and_resume_completes(client, volume, tmp_path):
+    cancel = threading.Event()
+    out = tmp_path / "o.zarr"
+    part = segment(volume, ["a", "b"], model=paced_model, out=out, scheduler=client, cancel=cancel,
+                   progress=lambda d, t: cancel.set() if d >= 20 else None, **KW)  # fmt: skip
+    assert not part.complete
+    done = np.asarray(zarr.open_group(out)["_chunks_done"][...])
+    assert not done.all()
+    rest = segment(volume, ["a", "b"], model=paced_model, out=out, scheduler=client, resume=True,
+                   **KW)  # fmt: skip
+    assert rest.complete and rest.info.total < part.info.total
+    single_thread_reference(volume, tmp_path / "s.zarr", paced_model)
+    same_store(tmp_path / "s.zarr", out)
+
+
+def test_killed_worker_is_recovered(volume, tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setenv("LLMSEG_TEST_PACE", "0.02")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+    try:
+        client.run(lambda: os.environ.__setitem__("LLMSEG_TEST_PACE", "0.02"))
+        pids = list(client.run(os.getpid).values())
+        killed = []
+
+        def progress(done, total):
+            if done >= 16 and not killed:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+        res = segment(volume, ["a", "b"], model=paced_model, out=tmp_path / "k.zarr",
+                      scheduler=client, progress=progress, **KW)  # fmt: skip
+        assert killed and res.complete
+    finally:
+        client.close()
+        cluster.close()
+    monkeypatch.setenv("LLMSEG_TEST_PACE", "0")
+    single_thread_reference(volume, tmp_path / "s.zarr", paced_model)
+    same_store(tmp_path / "s.zarr", tmp_path / "k.zarr")
+
+
+KILL_CLIENT = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.conftest import paced_model
+from napari_llmseg import segment
+if __name__ == "__main__":
+    segment({src!r}, ["a", "b"], model=paced_model, out={out!r}, scheduler="local:2",
+            roi_size=64, overlap=0.25, batch_size=4, chunks=64)
+"""
+
+
+def test_killed_client_run_resumes(client, volume, tmp_path):
+    out = tmp_path / "c.zarr"
+    script = tmp_path / "run.py"
+    script.write_text(KILL_CLIENT.format(root=str(ROOT), src=str(volume), out=str(out)))
+    env = {**os.environ, "LLMSEG_TEST_PACE": "0.05"}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
+    done = 0
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (out / "_chunks_done" / "zarr.json").exists():
+                done = int(np.asarray(zarr.open_array(out / "_chunks_done", mode="r")[...]).sum())
+                if done >= 3:
+                    break
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and its local cluster, at once
+        proc.wait()
+    total = int(np.prod(zarr.open_array(out / "_chunks_done", mode="r").shape))
+    assert 0 < done < total
+    resumed = segment(volume, ["a", "b"], model=paced_model, out=out, resume=True,
+                      scheduler=client, **KW)  # fmt: skip
+    assert resumed.complete and 0 < resumed.info.total
+    single_thread_reference(volume, tmp_path / "s.zarr", paced_model)
+    same_store(tmp_path / "s.zarr", out)
+
+
+def test_unreachable_paths_are_reported(client, volume, tmp_path):
+    from napari_llmseg.distributed import _check_paths
+
+    assert _check_paths(str(volume), str(tmp_path)) is None
+    assert "does not exist on this worker" in _check_paths("/nowhere/x.zarr", str(tmp_path))
+    assert "is not reachable from this worker" in _check_paths(None, "/nowhere/out.zarr")
+    with pytest.raises(ValueError, match="scheduler= needs out="):
+        segment(volume, "a", model=smooth_model, scheduler=client, **KW)
+    with pytest.raises(ValueError, match="expected 'local:N' with N >= 1"):
+        segment(
+            volume, "a", model=smooth_model, scheduler="local:0", out=tmp_path / "x.zarr", **KW
+        )
+    with pytest.raises(ValueError, match="scheduler must be 'local:N', a scheduler address"):
+        segment(volume, "a", model=smooth_model, scheduler=42, out=tmp_path / "y.zarr", **KW)
+
+
+def test_cli_workers(volume, tmp_path, capsys):
+    from napari_llmseg.cli import main
+
+    out = str(tmp_path / "w.zarr")
+    args = ["segment", str(volume), "-p", "nuclei", "-o", out, "--roi", "64", "--workers", "1"]
+    code = main([*args, "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert zarr.open_group(tmp_path / "w.zarr").attrs["napari_llmseg"]["status"] == "complete"
+    assert (
+        main(["segment", str(volume), "-p", "x", "-o", str(tmp_path / "z.zarr"), "--workers", "0"])
+        == 2
+    )
+    assert "expected 'local:N' with N >= 1 workers" in capsys.readouterr().err

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .engine.instances import label_instances, semantic_source, split_instances
+from .engine.instances import (
+    InstanceResult,
+    WindowStitcher,
+    label_instances,
+    semantic_source,
+    split_instances,
+)
 from .engine.normalize import IntensityStats, compute_stats, parse_window
 from .engine.resume import SCRATCH_ARRAYS, OutputStore, check_output_path
 from .engine.stream import MemorySink, Progress, RunInfo, run
@@ -136,6 +142,10 @@ class _BackendPredictor:
 
     def predict(self, prepared: Any) -> np.ndarray:
         return np.asarray(self.backend.predict(prepared, self.encoded), dtype=np.float32)
+
+    def predict_with_instances(self, prepared: Any) -> tuple[np.ndarray, list]:
+        logits, found = self.backend.predict_with_instances(prepared, self.encoded)
+        return np.asarray(logits, dtype=np.float32), found
 
 
 class _CallablePredictor:
@@ -387,6 +397,22 @@ def iter_segment(
         predictor: Any = _BackendPredictor(backend, prompts, stats)
     else:
         predictor = _CallablePredictor(fn, prompts, source.n_channels, torch_device)
+    stitcher = None
+    if instances and backend is not None and backend.gives_instances:
+        if scheduler is not None or split or post.smooth or post.fill_holes:
+            raise ValueError(
+                f"with the instance backend {backend.name!r}, instances=True takes min_size= "
+                "only (not split, smooth, fill_holes) and runs on one machine (no scheduler=)"
+            )
+        # Matching objects across windows needs every window's masks: a resumed run with an
+        # instance backend computes all windows again (the semantic result is identical).
+        done = None
+        scratch_ids = (
+            store.uint32_array(SCRATCH_ARRAYS[0])
+            if store is not None
+            else np.zeros(shape, np.uint32)
+        )
+        stitcher = WindowStitcher(plan, scratch_ids)
     if store is not None:
         store.update_attrs(status="running")
     if scheduler is not None:
@@ -406,6 +432,7 @@ def iter_segment(
             threshold=threshold,
             done=done,
             cancel=cancel,
+            stitcher=stitcher,
         )
     complete = not info.cancelled
     if store is not None:
@@ -413,7 +440,23 @@ def iter_segment(
     else:
         probs, labels = sink.probabilities, sink.labels
     inst_array, inst_classes = None, None
-    if complete and (instances or post.active):
+    if complete and stitcher is not None:
+        inst_array = (
+            store.uint32_array("instances") if store is not None else np.zeros(shape, np.uint32)
+        )
+        merged = yield from _merge_window_instances(stitcher, inst_array, post.min_size, cancel)
+        if merged is None:
+            complete = False
+        else:
+            inst_classes = {i: prompts[c - 1] for i, c in merged.classes.items()}
+            attrs["objects"] = {"count": merged.n_objects, "removed": merged.removed}
+            if store is not None:
+                store.drop(*SCRATCH_ARRAYS)
+                store.update_attrs(
+                    objects=attrs["objects"],
+                    instance_classes={str(i): p for i, p in inst_classes.items()},
+                )
+    elif complete and (instances or post.active):
         if store is not None:
             store.update_attrs(status="postprocessing")
             scratch = [store.uint32_array(name) for name in SCRATCH_ARRAYS]
@@ -521,6 +564,30 @@ def _run_on_cluster(
             client.close()
             if client.cluster is not None:
                 client.cluster.close()
+
+
+def _merge_window_instances(
+    stitcher: WindowStitcher, inst_array: Any, min_size: float, cancel: Any
+) -> Generator[Progress, None, Any]:
+    """Final ids for objects found by an instance backend; None if cancelled part way."""
+    gen = stitcher.finish(min_size=min_size)
+    while True:
+        try:
+            stage, done, total = next(gen)
+        except StopIteration as stop:
+            lookup, sizes, classes = stop.value
+            break
+        yield Progress(done, total, stage=f"instances: {stage}")
+        if cancel is not None and cancel.is_set():
+            return None
+    plan = stitcher.plan
+    chunks = list(np.ndindex(*plan.grid))
+    for k, chunk in enumerate(chunks):
+        region = plan.chunk_slices(chunk)
+        inst_array[region] = lookup[np.asarray(stitcher.scratch[region]).astype(np.int64)]
+        yield Progress(k + 1, len(chunks), stage="instances: relabel")
+    n = len(classes)
+    return InstanceResult(n, classes, removed=int((sizes > 0).sum()) - n)
 
 
 def _label_objects(

@@ -376,3 +376,256 @@ def _prefixed(
         except StopIteration as stop:
             return stop.value
         yield (prefix + stage, done, total)
+
+
+#: Two masks of one prompt from overlapping windows (or adjacent planes) are the same object
+#: when their IoU in the region both windows saw is at least this.
+MATCH_IOU = 0.5
+
+
+@dataclass
+class _Piece:
+    """One object found in one window, cropped to its bounding box (image coordinates)."""
+
+    gid: int
+    prompt: int
+    score: float
+    lo: tuple[int, ...]  # bbox start in the tiled axes
+    mask: np.ndarray  # bool, bbox-shaped
+
+
+class WindowStitcher:
+    """Merges the objects instance backends find in overlapping windows into global objects.
+
+    Every window *owns* the pixels nearer its centre than any neighbour's (the windows' grid
+    cut at the midpoints between centres), so each pixel gets its id from exactly one window.
+    Objects seen by two overlapping windows are matched by their IoU within the overlap and
+    joined; with a 2D model on a volume, objects in adjacent planes are joined when at least
+    half of the smaller one overlaps the other.
+    Only the masks of the current and previous row of windows are kept (cropped to their
+    bounding boxes), and ids are painted into output chunks that are written as soon as every
+    window owning part of them is done.
+    """
+
+    def __init__(self, plan: Any, scratch: Any) -> None:
+        self.plan = plan
+        self.scratch = scratch
+        self.n_lead = plan.n_lead
+        self.next_id = 1
+        self.pieces: dict[tuple, list[_Piece]] = {}  # (lead, pos) -> pieces
+        self.prompt_of: list[int] = [0]
+        self.first: list[int] = [0]
+        self.area: list[int] = [0]
+        self.edges: list[tuple[int, int]] = []
+        # ownership interval of every window position along each tiled axis
+        self.own = []
+        for ax, starts in enumerate(plan.starts):
+            r, size = plan.roi[ax], plan.plane[ax]
+            centres = starts + r / 2.0
+            cuts = (centres[:-1] + centres[1:]) / 2.0
+            lo = np.concatenate([[0], np.ceil(cuts)]).astype(np.int64)
+            hi = np.concatenate([np.ceil(cuts), [size]]).astype(np.int64)
+            self.own.append(np.stack([lo, hi], axis=1))
+        self.open: dict[tuple, list] = {}  # chunk -> [ids array, remaining owners]
+
+    def _owners(self, chunk: tuple[int, ...]) -> int:
+        """How many windows own part of an output chunk (per plane)."""
+        count = 1
+        region = self.plan.chunk_slices(chunk)[self.n_lead :]
+        for ax, sl in enumerate(region):
+            own = self.own[ax]
+            count *= int(((own[:, 0] < sl.stop) & (own[:, 1] > sl.start)).sum())
+        return count
+
+    def add(self, lead: tuple[int, ...], pos: tuple[int, ...], found: Any) -> None:
+        """Take the objects one window found (a WindowInstances, window coordinates)."""
+        plan = self.plan
+        box = plan.window_box(pos)
+        clip = [(max(lo, 0), min(hi, plan.plane[a])) for a, (lo, hi) in enumerate(box)]
+        pieces = []
+        order = np.argsort(-np.asarray(found.scores), kind="stable")
+        for k in order:
+            m = found.masks[k][
+                tuple(slice(c0 - b0, c1 - b0) for (b0, _), (c0, c1) in zip(box, clip, strict=True))
+            ]
+            if not m.any():
+                continue
+            idx = np.nonzero(m)
+            lo = tuple(int(i.min()) for i in idx)
+            hi = tuple(int(i.max()) + 1 for i in idx)
+            crop = m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+            glo = tuple(lo[a] + clip[a][0] for a in range(len(lo)))
+            gid = self.next_id
+            self.next_id += 1
+            self.prompt_of.append(int(found.prompt_index[k]) + 1)
+            self.first.append(0)
+            self.area.append(0)
+            prompt = int(found.prompt_index[k]) + 1
+            pieces.append(_Piece(gid, prompt, float(found.scores[k]), glo, crop))
+        self._match(lead, pos, pieces)
+        self.pieces[(lead, pos)] = pieces
+        self._paint(lead, pos, pieces)
+        self._evict(lead, pos)
+
+    def _match(self, lead: tuple, pos: tuple, pieces: list[_Piece]) -> None:
+        for d in itertools_neighbours(len(pos)):
+            other = self.pieces.get((lead, tuple(p + o for p, o in zip(pos, d, strict=True))))
+            if not other:
+                continue
+            for a in pieces:
+                for b in other:
+                    if a.prompt == b.prompt and _iou(a, b) >= MATCH_IOU:
+                        self.edges.append((a.gid, b.gid))
+
+    def _paint(self, lead: tuple, pos: tuple, pieces: list[_Piece]) -> None:
+        plan = self.plan
+        owned = [tuple(self.own[a][i]) for a, i in enumerate(pos)]
+        if any(lo >= hi for lo, hi in owned):
+            return
+        canvas = np.zeros(tuple(hi - lo for lo, hi in owned), dtype=np.uint32)
+        for p in reversed(pieces):  # highest score painted last, so it wins overlaps
+            src, dst = [], []
+            for a, (olo, ohi) in enumerate(owned):
+                s0, s1 = max(p.lo[a], olo), min(p.lo[a] + p.mask.shape[a], ohi)
+                if s0 >= s1:
+                    break
+                src.append(slice(s0 - p.lo[a], s1 - p.lo[a]))
+                dst.append(slice(s0 - olo, s1 - olo))
+            else:
+                canvas[tuple(dst)][p.mask[tuple(src)]] = p.gid
+        # per-id area and first pixel (raster order, image coordinates)
+        ids, first_idx, counts = np.unique(canvas.ravel(), return_index=True, return_counts=True)
+        for i, f, c in zip(ids, first_idx, counts, strict=True):
+            if i == 0:
+                continue
+            coords = np.unravel_index(int(f), canvas.shape)
+            g = (*lead, *(int(c0) + lo for c0, (lo, _) in zip(coords, owned, strict=True)))
+            self.first[i] = int(np.ravel_multi_index(g, plan.shape))
+            self.area[i] = int(c)
+        # paint into output chunks, writing each when its last owner is done
+        for cidx in self._chunks_of(owned):
+            key = lead + cidx
+            region = plan.chunk_slices(key)[self.n_lead :]
+            entry = self.open.get(key)
+            if entry is None:
+                shape = tuple(s.stop - s.start for s in region)
+                entry = self.open[key] = [np.zeros(shape, np.uint32), self._owners(key)]
+            csl, wsl = [], []
+            for a, (olo, ohi) in enumerate(owned):
+                s0, s1 = max(olo, region[a].start), min(ohi, region[a].stop)
+                csl.append(slice(s0 - region[a].start, s1 - region[a].start))
+                wsl.append(slice(s0 - olo, s1 - olo))
+            entry[0][tuple(csl)] = canvas[tuple(wsl)]
+            entry[1] -= 1
+            if entry[1] == 0:
+                full = plan.chunk_slices(key)
+                shape = tuple(s.stop - s.start for s in full)
+                self.scratch[full] = entry[0].reshape(shape)
+                del self.open[key]
+
+    def _chunks_of(self, owned: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+        import itertools
+
+        ranges = []
+        for a, (lo, hi) in enumerate(owned):
+            c = self.plan.chunks[self.n_lead + a]
+            ranges.append(range(lo // c, (hi - 1) // c + 1))
+        return list(itertools.product(*ranges))
+
+    def _evict(self, lead: tuple, pos: tuple) -> None:
+        """Forget windows that no later window can overlap (two rows back)."""
+        for key in [k for k in self.pieces if k[0] == lead and k[1][0] < pos[0] - 1]:
+            del self.pieces[key]
+
+    def finish(
+        self, *, min_size: float = 0
+    ) -> Generator[tuple[str, int, int], None, tuple[np.ndarray, np.ndarray, dict[int, int]]]:
+        """Join objects across planes, then give every object its final id.
+
+        Returns ``(lookup, sizes, classes)`` as the generator's value: provisional id ->
+        final id (0 for dropped objects), the size of every joined object, and final id ->
+        prompt number (1-based). Final ids follow the raster order of each object's first
+        pixel.
+        """
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        plan, n = self.plan, self.next_id
+        if self.open:
+            raise RuntimeError(f"internal error: {len(self.open)} instance chunks never completed")
+        edges = list(self.edges)
+        grid = plan.grid
+        if self.n_lead:  # link objects of adjacent planes by their overlap
+            tiled = list(np.ndindex(*grid[self.n_lead :]))
+            planes = list(np.ndindex(*grid[: self.n_lead]))
+            for k, lead in enumerate(planes[:-1]):
+                nxt = planes[k + 1]
+                found = []
+                for cidx in tiled:
+                    a = np.asarray(self.scratch[plan.chunk_slices(lead + cidx)]).ravel()
+                    b = np.asarray(self.scratch[plan.chunk_slices(nxt + cidx)]).ravel()
+                    both = (a > 0) & (b > 0)
+                    if both.any():
+                        found.append(np.stack([a[both], b[both]]).astype(np.int64))
+                if found:
+                    # counts over the whole plane pair: an object may span several chunks
+                    pairs, inter = np.unique(
+                        np.concatenate(found, axis=1), axis=1, return_counts=True
+                    )
+                    for (i, j), c in zip(pairs.T, inter, strict=True):
+                        # The overlap coefficient, not IoU: near an object's poles its cross
+                        # section shrinks fast, yet it lies inside the neighbouring one.
+                        smaller = min(self.area[i], self.area[j])
+                        if self.prompt_of[i] == self.prompt_of[j] and c / smaller >= MATCH_IOU:
+                            edges.append((int(i), int(j)))
+                yield ("link planes", k + 1, len(planes) - 1)
+        r = np.array([e[0] for e in edges], dtype=np.int64)
+        c = np.array([e[1] for e in edges], dtype=np.int64)
+        graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n))
+        _, comp = connected_components(graph, directed=False)
+        area = np.asarray(self.area + [0] * (n - len(self.area)), dtype=np.int64)
+        painted = area > 0
+        painted[0] = False
+        first = np.asarray(self.first, dtype=np.int64)
+        n_comp = int(comp.max()) + 1
+        comp_size = np.bincount(comp[painted], weights=area[painted], minlength=n_comp)
+        comp_first = np.full(n_comp, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(comp_first, comp[painted], first[painted])
+        comp_prompt = np.zeros(n_comp, dtype=np.int64)
+        comp_prompt[comp[1:]] = np.asarray(self.prompt_of[1:], dtype=np.int64)
+        keep = (comp_size >= max(min_size, 1)) & (comp_first < np.iinfo(np.int64).max)
+        kept = np.flatnonzero(keep)[np.argsort(comp_first[keep], kind="stable")]
+        final = np.zeros(n_comp, dtype=np.uint32)
+        final[kept] = np.arange(1, len(kept) + 1, dtype=np.uint32)
+        lookup = final[comp]
+        lookup[0] = 0
+        classes = {i + 1: int(comp_prompt[k]) for i, k in enumerate(kept)}
+        return lookup, comp_size, classes
+
+
+def itertools_neighbours(ndim: int) -> list[tuple[int, ...]]:
+    """Grid offsets of windows processed before this one that may overlap it."""
+    import itertools
+
+    out = []
+    for d in itertools.product((-1, 0, 1), repeat=ndim):
+        if d < (0,) * ndim:  # lexicographically earlier: already processed
+            out.append(d)
+    return out
+
+
+def _iou(a: _Piece, b: _Piece) -> float:
+    lo = [max(x, y) for x, y in zip(a.lo, b.lo, strict=True)]
+    hi = [
+        min(x + s, y + t)
+        for x, s, y, t in zip(a.lo, a.mask.shape, b.lo, b.mask.shape, strict=True)
+    ]
+    if any(l0 >= h0 for l0, h0 in zip(lo, hi, strict=True)):
+        return 0.0
+    sa = tuple(slice(l0 - x, h0 - x) for l0, h0, x in zip(lo, hi, a.lo, strict=True))
+    sb = tuple(slice(l0 - y, h0 - y) for l0, h0, y in zip(lo, hi, b.lo, strict=True))
+    inter = int((a.mask[sa] & b.mask[sb]).sum())
+    # IoU within the region both windows saw: the objects' parts in the intersection of boxes
+    # are what both windows could see, so compare those parts only.
+    union = int((a.mask[sa] | b.mask[sb]).sum())
+    return inter / union if union else 0.0

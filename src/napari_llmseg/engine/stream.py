@@ -354,6 +354,7 @@ def run(
     done: np.ndarray | None = None,
     cancel: CancelFlag | None = None,
     prefetch: int = 2,
+    stitcher: Any = None,
 ) -> Generator[Progress, None, RunInfo]:
     """Segment ``source`` window by window, yielding progress after every batch.
 
@@ -377,6 +378,9 @@ def run(
         Chunks already written by an earlier run; they are neither recomputed nor rewritten.
     cancel : threading.Event, optional
         When set, the run stops before the next batch; finished chunks are still written.
+    stitcher : WindowStitcher, optional
+        Receives every window's objects from an instance backend
+        (``predictor.predict_with_instances``), to merge them across windows.
 
     Returns
     -------
@@ -403,7 +407,11 @@ def run(
                 info.cancelled = True
                 break
             t0 = time.perf_counter()
-            logits = predictor.predict(batch.prepared)
+            found = None
+            if stitcher is not None:
+                logits, found = predictor.predict_with_instances(batch.prepared)  # type: ignore[attr-defined]
+            else:
+                logits = predictor.predict(batch.prepared)
             info.predict_seconds += time.perf_counter() - t0
             limit = getattr(predictor, "batch_limit", None)
             if limit is not None:
@@ -451,6 +459,8 @@ def run(
                     acc.remaining -= 1
                     if acc.remaining == 0:
                         writer.put((key, open_chunks.pop(key)))
+                if found is not None:
+                    stitcher.add(lead, pos, found[i])
             info.windows += len(batch.rows)
             info.batches += 1
             yield Progress(info.windows, info.total)

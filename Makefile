@@ -51,7 +51,8 @@ benchmarks: venv
 	$(BIN)/python benchmarks/backends.py --real-size
 
 train-tiny: venv
-	$(BIN)/python scripts/train_llmseg_tiny.py
+	$(BIN)/napari-llmseg train --config configs/llmseg-tiny.json --overwrite \
+		--out src/napari_llmseg/backends/weights/llmseg-tiny
 
 evaluate-tiny: venv
 	$(BIN)/python scripts/evaluate_llmseg_tiny.py

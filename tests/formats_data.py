@@ -8,8 +8,6 @@ invesalius-examples; the CT is GPL-2 and stays there), the DICOM files come from
 from __future__ import annotations
 
 import copy
-import plistlib
-import tarfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,29 +50,11 @@ def ndwi_mask(bands: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=1)
 def head_ct() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, np.ndarray]:
     """The invesalius head CT: (volume (Z, Y, X) int16 HU, spacing (Z, Y, X) mm, bone mask,
-    soft tissue + bone mask), read from the .inv3 archive (a tar.gz with main.plist)."""
+    soft tissue + bone mask), read in place from the installed Debian package."""
+    from napari_llmseg.training_data import cranium
+
     need(HEAD_CT, "invesalius-examples")
-    with tarfile.open(HEAD_CT) as tar:
-        members = {Path(m.name).name: m for m in tar.getmembers()}
-
-        def read(name: str) -> bytes:
-            f = tar.extractfile(members[name])
-            assert f is not None
-            return f.read()
-
-        main = plistlib.loads(read("main.plist"))
-        matrix = main["matrix"]
-        shape = tuple(matrix["shape"])
-        volume = np.frombuffer(read(matrix["filename"]), dtype=matrix["dtype"]).reshape(shape)
-        masks = []
-        for key in ("0", "1"):
-            mplist = plistlib.loads(read(main["masks"][key]))
-            mshape = tuple(mplist["mask_shape"]) if "mask_shape" in mplist else None
-            raw = np.frombuffer(read(f"mask_{key}.dat"), dtype=np.uint8)
-            mshape = mshape or (shape[0] + 1, shape[1] + 1, shape[2] + 1)
-            masks.append(raw.reshape(mshape)[1:, 1:, 1:] > 127)
-    sx, sy, sz = (float(s) for s in main["spacing"])
-    return volume.copy(), (sz, sy, sx), masks[0], masks[1]
+    return cranium()
 
 
 def write_nifti_volume(path: Path, volume: np.ndarray, spacing_zyx, origin=(0.0, 0.0, 0.0)):

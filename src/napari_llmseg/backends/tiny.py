@@ -113,6 +113,36 @@ class TinySegNet(nn.Module):
         return self.head(self.features(x), text)
 
 
+#: A 1st percentile at or below this many Hounsfield units means air: the input is a CT.
+HU_AIR = -500.0
+
+
+def model_stats(stats: IntensityStats, config: dict) -> IntensityStats:
+    """The intensity range llmseg-tiny normalises with.
+
+    CT in Hounsfield units is windowed, not percentile-stretched: when the input looks like
+    CT (its low percentile is air, at most -500 HU) and the caller chose no window, the
+    model's own training window (``normalization.ct_window`` in its config) is used. An
+    explicit window (``segment(..., window=...)``) and every other input keep the engine's
+    whole-input statistics.
+    """
+    ct = config.get("normalization", {}).get("ct_window")
+    if ct and stats.window is None and min(stats.low) <= HU_AIR:
+        return IntensityStats.from_window(float(ct[0]), float(ct[1]), len(stats.low))
+    return stats
+
+
+def model_input(windows: np.ndarray, stats: IntensityStats) -> np.ndarray:
+    """Raw windows ``(B, C, H, W)`` -> the network's input: ``(x - low) / (high - low)`` per
+    channel, grayscale repeated to three channels; float32, contiguous."""
+    offset, inv = stats.scale()
+    shape = (1, -1) + (1,) * (windows.ndim - 2)
+    x = (windows - offset.reshape(shape)) * inv.reshape(shape)
+    if x.shape[1] == 1:
+        x = np.repeat(x, 3, axis=1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def load_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
@@ -168,12 +198,8 @@ class LLMSegTiny(PromptSegmenter):
         return torch.from_numpy(encode_texts(prompts)).to(self.device)
 
     def preprocess(self, windows: np.ndarray, stats: IntensityStats) -> torch.Tensor:
-        offset, inv = stats.scale()
-        shape = (1, -1) + (1,) * (windows.ndim - 2)
-        x = (windows - offset.reshape(shape)) * inv.reshape(shape)
-        if x.shape[1] == 1:
-            x = np.repeat(x, 3, axis=1)
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        x = model_input(windows, model_stats(stats, self.config))
+        return torch.from_numpy(x).to(self.device)
 
     def predict(self, batch: torch.Tensor, encoded: Any) -> np.ndarray:
         h, w = batch.shape[-2:]

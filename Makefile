@@ -49,6 +49,8 @@ test: venv system-deps lint
 benchmarks: venv
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/backends.py --real-size
+	$(BIN)/python benchmarks/instances.py
+	$(BIN)/python benchmarks/dask_scaling.py
 
 train-tiny: venv
 	$(BIN)/napari-llmseg train --config configs/llmseg-tiny.json --overwrite \

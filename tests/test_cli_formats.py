@@ -31,7 +31,7 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
         n = int((ds.read(1) == 1).sum())
         pixel = abs(ds.transform.a * ds.transform.e)
     area = n * pixel
-    assert lines[4] == f"water: {n} voxels ({100 * n / (352 * 349):.2f} %), {area:.6g} m^2"
+    assert lines[4] == f"water: {n} pixels ({100 * n / (352 * 349):.2f} %), {area:.6g} m^2"
     meta = pyogrio.read_info(vec)
     assert meta["crs"] == "EPSG:31985" and list(meta["fields"]) == ["label", "value", "area"]
     assert "segmenting" not in captured.err  # --quiet

@@ -87,9 +87,9 @@ class SegmentationResult:
         return not self.complete
 
     def summary(self) -> list[str]:
-        """One line per prompt: labelled voxels, fraction of the image, the area or volume
-        when the input has a physical pixel size (plus mL for volumes in mm^3), and objects
-        if counted."""
+        """One line per prompt: labelled voxels (pixels in 2D), fraction of the image, the
+        area or volume when the input has a physical pixel size (plus mL for volumes in
+        mm^3), and objects if counted."""
         from .measure import physical_size
 
         source = self.metadata.get("source_metadata", {})
@@ -106,8 +106,9 @@ class SegmentationResult:
             for prompt in self.instance_classes.values():
                 objects[prompt] = objects.get(prompt, 0) + 1
         lines = []
+        what = "voxels" if len(labels.shape) == 3 else "pixels"
         for i, name in self.label_names.items():
-            line = f"{name}: {counts[i]} voxels ({100.0 * counts[i] / total:.2f} %)"
+            line = f"{name}: {counts[i]} {what} ({100.0 * counts[i] / total:.2f} %)"
             size = physical_size(
                 int(counts[i]), source.get("scale"), source.get("units"), len(labels.shape)
             )

@@ -1,6 +1,6 @@
 """Throughput on Dask's distributed scheduler: 2 workers against 1; prints one JSON object.
 
-    python benchmarks/distributed.py [--planes 16] [--size 1024]
+    python benchmarks/dask_scaling.py [--planes 16] [--size 1024]
 
 Both runs use a LocalCluster of single-threaded worker processes (torch limited to one thread
 per worker), the embedded llmseg-tiny model loaded by name on every worker, and the same zarr

@@ -17,23 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from napari_llmseg import segment
 from napari_llmseg.finetune import finetune
-from napari_llmseg.training_data import MRICRON, load
+from napari_llmseg.training_data import load
 
 PAINTED = [24, 32, 40, 48, 56]
 EVALUATED = [z for z in range(18, 63) if z not in PAINTED]
-
-
-def cerebellum() -> tuple[np.ndarray, np.ndarray]:
-    t1, _ = load("t1-mri")
-    aal = np.asarray(nib.load(MRICRON / "aal.nii.gz").dataobj)
-    mask = ((aal >= 91) & (aal <= 116)).transpose(2, 1, 0)[:, ::-1]  # as load() orients ch2
-    return t1, np.ascontiguousarray(mask)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,7 +40,8 @@ def main() -> None:
     parser.add_argument("--base", default="llmseg-tiny")
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
-    t1, truth = cerebellum()
+    t1, masks = load("t1-mri-cerebellum")
+    truth = masks["cerebellum"]
     labels = np.zeros(truth.shape, np.uint8)
     labels[PAINTED] = truth[PAINTED]
     before = segment(t1[EVALUATED], "cerebellum", model=args.base).labels

@@ -12,8 +12,6 @@ from napari_llmseg import get_model, segment
 from napari_llmseg.cli import main
 from napari_llmseg.finetune import RECORD_FILE, finetune, parse_slices
 
-MRICRON = Path("/usr/share/mricron/templates")
-
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
@@ -23,17 +21,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def cerebellum():
     """The ch2 T1 MRI and the cerebellum of the AAL atlas on the same grid, as (Z, Y, X)."""
-    import nibabel as nib
-
     from napari_llmseg.training_data import load
 
-    if not (MRICRON / "aal.nii.gz").is_file():
-        pytest.fail("the AAL atlas is missing: apt-get install mricron-data (make system-deps)")
-    t1, _ = load("t1-mri")
-    aal = np.asarray(nib.load(MRICRON / "aal.nii.gz").dataobj)
-    # AAL labels 91..108 are the cerebellar hemispheres, 109..116 the vermis
-    mask = ((aal >= 91) & (aal <= 116)).transpose(2, 1, 0)[:, ::-1]
-    return t1, np.ascontiguousarray(mask)
+    t1, masks = load("t1-mri-cerebellum")
+    return t1, masks["cerebellum"]
 
 
 @pytest.mark.slow

@@ -53,9 +53,10 @@ class TaskSpec:
 
 #: Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers. Setting it switches off
 #: glibc's adaptive mmap threshold, so every large temporary array (windows, logits, blended
-#: chunks) is a fresh mmap whose pages the kernel must zero: measured here, a one-worker run
-#: spent 18.6 s of 29.2 s in the kernel, and 2.9 s of 12.7 s with glibc's default behaviour.
-#: Our own local clusters leave glibc at its default; see docs/scaling.md for other clusters.
+#: chunks) is a fresh mmap whose pages the kernel must zero: a one-worker run took more than
+#: twice as long, most of it in the kernel (benchmarks/dask_scaling.py --dask-malloc, figures
+#: in docs/benchmarks.md). Our own local clusters leave glibc at its default; see
+#: docs/scaling.md for other clusters.
 TRIM = "MALLOC_TRIM_THRESHOLD_"
 WORKER_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{TRIM}": None}
 

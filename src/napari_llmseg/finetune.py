@@ -3,7 +3,9 @@
 A user paints a few slices of a volume (or part of a 2D image) in napari, names what they
 painted ("mitochondria", "cerebellum") and fine-tunes a model on it. Only the parts of the
 model that turn a prompt into a mask train; the vision encoder stays frozen, so a handful of
-slices is enough and the result keeps what the base model knew:
+slices is enough. The result is a model for the new concept: its answers to the base model's
+other prompts change too (docs/finetune.md measures by how much), so keep the base model for
+those. What trains:
 
 * llmseg-tiny: the decoder half of the U-Net, the per-pixel projection and the MLP that maps
   the prompt's sentence embedding to the FiLM modulation and read-out (the encoder half and
@@ -36,6 +38,7 @@ import torch
 from .backends.base import PromptSegmenter
 from .engine.normalize import IntensityStats, compute_stats
 from .io.image import ImageSource, open_image
+from .train import check_output_folder
 
 #: Training progress: (epoch, epochs, mean training loss, validation Dice).
 FinetuneProgress = Callable[[int, int, float, float], None]
@@ -109,13 +112,12 @@ def parse_slices(text: str | None, n_planes: int) -> range | None:
 
 class _Adapter:
     backend: Any  # the concrete backend class; adapters use its own attributes
-    multiple: int = 1
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        raise NotImplementedError
 
     def module(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.module().parameters() if p.requires_grad]
 
     def encode(self, prompt: str) -> torch.Tensor:
         # encode_prompts may run under inference mode; a clone is an ordinary tensor that
@@ -136,7 +138,6 @@ class _TinyAdapter(_Adapter):
     def __init__(self, backend: Any, train_all: bool) -> None:
         self.backend = backend
         self.net = backend.net
-        self.multiple = self.net.multiple
         heads = [self.net.dec, self.net.proj, self.net.text]
         wanted = {id(p) for m in heads for p in m.parameters()}
         for p in self.net.parameters():
@@ -145,20 +146,10 @@ class _TinyAdapter(_Adapter):
     def module(self) -> torch.nn.Module:
         return self.net
 
-    def trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.net.parameters() if p.requires_grad]
-
     def logits(
         self, windows: np.ndarray, stats: IntensityStats, text: torch.Tensor
     ) -> torch.Tensor:
-        from torch.nn import functional as F
-
-        x = self.backend.preprocess(windows, stats)
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return self.net(x, text)[:, 0, :h, :w]
+        return self.backend.logits(self.backend.preprocess(windows, stats), text)[:, 0]
 
     def save(self, folder: Path, record: dict) -> None:
         from safetensors.torch import save_file
@@ -187,9 +178,6 @@ class _CLIPSegAdapter(_Adapter):
 
     def module(self) -> torch.nn.Module:
         return self.model
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     def logits(
         self, windows: np.ndarray, stats: IntensityStats, text: torch.Tensor
@@ -231,9 +219,7 @@ class _Sample:
 
 
 def _read_labels(labels: Any) -> np.ndarray:
-    if isinstance(labels, ImageSource):
-        return np.asarray(labels.read(tuple(slice(None) for _ in labels.spatial_shape)))[..., 0]
-    source = open_image(labels)
+    source = open_image(labels)  # an array, a path, or an ImageSource as it is
     return source.read(tuple(slice(None) for _ in source.spatial_shape))[..., 0]
 
 
@@ -265,8 +251,6 @@ def _samples(
             plane = source.read((slice(z, z + 1), slice(None), slice(None)))[0]
             out.append(_Sample(np.moveaxis(plane, -1, 0), fg[z]))
         return out, planes
-    if slices is not None:
-        raise ValueError("slices= applies to a 3D volume; this image is 2D")
     if not fg.any():
         raise ValueError("labels are empty: paint the object in part of the image")
     image = np.moveaxis(source.read((slice(None), slice(None))), -1, 0)
@@ -344,30 +328,6 @@ def _predict_sample(
 # The public function
 
 
-def _check_out(out: Path, overwrite: bool, inputs: Sequence[Any]) -> None:
-    """Refuse an output folder that would overwrite the user's data."""
-    for item in inputs:
-        if isinstance(item, (str, Path)) and Path(item).exists():
-            if Path(item).resolve() == out.resolve():
-                raise ValueError(f"output folder '{out}' is one of the inputs; choose another")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"output '{out}' exists and is a file, not a folder")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"output folder '{out}' already exists and is not empty; choose another folder or "
-            "pass overwrite=True (--overwrite)"
-        )
-    if not (out / "config.json").is_file():
-        raise FileExistsError(
-            f"output folder '{out}' is not empty and holds no model (no config.json); "
-            "refusing to replace it even with overwrite"
-        )
-
-
 def finetune(
     image: Any,
     labels: Any,
@@ -426,7 +386,7 @@ def finetune(
         raise ValueError(f"prompt must name what the labels mark, got {prompt!r}")
     prompt = prompt.strip()
     out = Path(out)
-    _check_out(out, overwrite, [image, labels, base])
+    check_output_folder(out, overwrite, [image, labels, base])
     if isinstance(base, str) and base.split(":")[0] not in ("llmseg-tiny", "clipseg"):
         if base.split(":")[0] in list_models():  # a named backend that cannot be fine-tuned
             raise ValueError(
@@ -447,13 +407,10 @@ def finetune(
         )
     if label_array.dtype.kind not in "biu":
         raise ValueError(f"labels must be integer or boolean, got dtype {label_array.dtype}")
-    if isinstance(slices, str) or slices is None:
-        n_planes = source.spatial_shape[0]
-        planes = parse_slices(slices, n_planes) if len(source.spatial_shape) == 3 else None
-        if slices and planes is None:
-            raise ValueError("slices= applies to a 3D volume; this image is 2D")
-    else:
-        planes = slices
+    if slices not in (None, "") and len(source.spatial_shape) != 3:
+        raise ValueError("slices= applies to a 3D volume; this image is 2D")
+    n_planes = source.spatial_shape[0]
+    planes = parse_slices(slices, n_planes) if isinstance(slices, str) else slices
     samples, indices = _samples(source, label_array, planes)
 
     # a backend passed in is copied: training must not change the caller's model
@@ -540,7 +497,7 @@ def finetune(
         seconds=round(time.perf_counter() - t0, 1),
     )
     if out.exists() and overwrite:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        shutil.rmtree(out)  # check_output_folder let only a model folder through
     out.mkdir(parents=True, exist_ok=True)
     adapter.save(out, result.record())
     (out / RECORD_FILE).write_text(json.dumps(result.record(), indent=2))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,6 +155,8 @@ def train_tiny(
         present = sorted({k for _, m in crops for k in m})
         # positives: one phrasing each of up to N different concepts annotated in the batch
         # (or of every concept: it is then a positive on some crops, a negative on others)
+        # (the permutation is drawn either way: the shipped weights were trained with this
+        # random stream, and it must stay reproducible)
         chosen = [present[int(i)] for i in rng.permutation(len(present))]
         chosen = chosen[: config.positives_per_step]
         if config.all_concepts_per_step:
@@ -199,6 +202,31 @@ def save_tiny(net: TinySegNet, folder: Path, config: dict) -> None:
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **config}, indent=2))
+
+
+def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Any] = ()) -> None:
+    """Refuse a model output folder that would overwrite the user's data: it must be new or
+    empty, or, with ``overwrite``, hold a model (a config.json); never one of ``inputs``."""
+    for item in inputs:
+        if isinstance(item, (str, Path)) and Path(item).exists():
+            if Path(item).resolve() == out.resolve():
+                raise ValueError(f"output folder '{out}' is one of the inputs; choose another")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"output '{out}' exists and is a file, not a folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output folder '{out}' already exists and is not empty; choose another folder or "
+            "pass overwrite=True (--overwrite)"
+        )
+    if not (out / "config.json").is_file():
+        raise FileExistsError(
+            f"output folder '{out}' is not empty and holds no model (no config.json); "
+            "refusing to replace it even with overwrite"
+        )
 
 
 def count_parameters(net: torch.nn.Module) -> int:
@@ -252,8 +280,7 @@ def train_from_config(
     config_path, out = Path(config_path), Path(out)
     if not config_path.is_file():
         raise FileNotFoundError(f"training config {str(config_path)!r} does not exist")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {str(out)!r} is not empty; pass overwrite=True")
+    check_output_folder(out, overwrite, [config_path])
     cfg = json.loads(config_path.read_text())
     images = []
     for ds in cfg["datasets"]:

@@ -8,6 +8,8 @@
   (-142..2986 HU) masks, ``apt-get install invesalius-examples``
 * t1-mri: Debian mricron-data: the ch2 T1 MRI and its brain extraction (ch2bet > 0),
   ``apt-get install mricron-data``
+* t1-mri-cerebellum: the same MRI and the cerebellum of the AAL atlas on the same grid (for
+  the fine-tuning check; not used to train llmseg-tiny)
 * landsat: the bundled Landsat-7 tile (landsat7_etm.tif, stars, Apache-2.0); the
   image is the RGB composite of bands 3, 2, 1; water is NDWI > 0.3 and vegetation
   NDVI > 0.3, computed from bands 2, 3 and 4 (the model never sees band 4)
@@ -76,7 +78,19 @@ def landsat_bands() -> np.ndarray:
 
 
 #: Names accepted by :func:`load`.
-DATASETS = ("nuclei-3d", "nuclei-2d", "head-ct", "t1-mri", "landsat")
+DATASETS = ("nuclei-3d", "nuclei-2d", "head-ct", "t1-mri", "t1-mri-cerebellum", "landsat")
+
+
+def _mricron(name: str) -> np.ndarray:
+    """A mricron-data template as (Z, Y, X) planes, anterior up, float32."""
+    import nibabel as nib
+
+    path = MRICRON / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: apt-get install mricron-data")
+    image: Any = nib.load(path)
+    volume = image.get_fdata(dtype=np.float32)
+    return np.ascontiguousarray(volume.transpose(2, 1, 0)[:, ::-1])  # (x, y, z) -> (z, y, x)
 
 
 def load(name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -92,16 +106,12 @@ def load(name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     if name == "head-ct":
         ct, _, bone, tissue_and_bone = cranium()
         return ct, {"bone": bone, "soft tissue": tissue_and_bone & ~bone}
-    if name == "t1-mri":
-        import nibabel as nib
-
-        t1_image: Any = nib.load(MRICRON / "ch2.nii.gz")
-        bet_image: Any = nib.load(MRICRON / "ch2bet.nii.gz")
-        t1 = t1_image.get_fdata(dtype=np.float32)
-        brain = bet_image.get_fdata(dtype=np.float32) > 0
-        # (x, y, z) voxel axes -> (z, y, x) planes, anterior up
-        planes = np.ascontiguousarray(t1.transpose(2, 1, 0)[:, ::-1])
-        return planes, {"brain": np.ascontiguousarray(brain.transpose(2, 1, 0)[:, ::-1])}
+    if name in ("t1-mri", "t1-mri-cerebellum"):
+        t1 = _mricron("ch2.nii.gz")
+        if name == "t1-mri":
+            return t1, {"brain": _mricron("ch2bet.nii.gz") > 0}
+        aal = _mricron("aal.nii.gz")  # labels 91..108: cerebellar hemispheres, 109..116: vermis
+        return t1, {"cerebellum": (aal >= 91) & (aal <= 116)}
     if name == "landsat":
         bands = landsat_bands().astype(np.float32)
         b2, b3, b4 = bands[..., 1], bands[..., 2], bands[..., 3]

@@ -201,12 +201,17 @@ class LLMSegTiny(PromptSegmenter):
         x = model_input(windows, model_stats(stats, self.config))
         return torch.from_numpy(x).to(self.device)
 
-    def predict(self, batch: torch.Tensor, encoded: Any) -> np.ndarray:
+    def logits(self, batch: torch.Tensor, encoded: Any) -> torch.Tensor:
+        """Logits ``(B, P, H, W)`` of a preprocessed batch, padded to the U-Net's multiple and
+        cropped back; differentiable (fine-tuning calls it with gradients on)."""
         h, w = batch.shape[-2:]
         m = self.net.multiple
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             batch = F.pad(batch, (0, pw, 0, ph), mode="replicate")
+        return self.net(batch, encoded)[..., :h, :w]
+
+    def predict(self, batch: torch.Tensor, encoded: Any) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.net(batch, encoded)[..., :h, :w]
+            logits = self.logits(batch, encoded)
         return logits.float().cpu().numpy()

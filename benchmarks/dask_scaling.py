@@ -1,18 +1,22 @@
 """Throughput on Dask's distributed scheduler: 2 workers against 1; prints one JSON object.
 
-    python benchmarks/dask_scaling.py [--planes 32] [--size 1024] [--dask-malloc]
+    python benchmarks/dask_scaling.py [--planes 32] [--size 1024] [--chunks N]
+                                      [--dask-malloc] [--arenas N]
 
 Both clusters are LocalClusters of single-threaded worker processes (torch limited to one
 thread per worker), made exactly as `scheduler="local:N"` makes them, with the embedded
 llmseg-tiny model loaded by name on every worker; the input is one zarr volume (the bundled
-nuclei volume, tiled). Both clusters are started and warmed up first (worker start, model
-load) on a small run, then timed runs on 1 and 2 workers alternate `--repeats` times so that
+nuclei volume, tiled). Both clusters are started and warmed up first on a run of 8 planes
+(worker start, model load, first batches on every worker: a run's fixed costs, not its
+throughput), then timed runs on 1 and 2 workers alternate `--repeats` times so that
 noise from other jobs on the machine hits both. `speedup_2_over_1` is the median over the
 pairs of (time with 1 worker / time with 2) for the same volume, i.e. the throughput ratio;
 on a 2-core machine it is bounded by 2. `windows` counts the windows the workers predicted:
 equal in both runs when no task repeats another's work. Worker CPU seconds are summed over
-the workers of each run. `--dask-malloc` keeps Dask's MALLOC_TRIM_THRESHOLD_ setting in the
-workers, for comparison (docs/scaling.md).
+the workers of each run. `--chunks` sets the output chunk edge (default: the engine's).
+For comparison (docs/scaling.md): `--dask-malloc` keeps Dask's MALLOC_TRIM_THRESHOLD_ setting
+in the workers; `--arenas N` gives them MALLOC_ARENA_MAX=N instead of our 1 (0: unset, glibc's
+default of 8 per core).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine import write_volume
@@ -38,12 +43,16 @@ def worker_cpu() -> tuple[float, float]:
     return t.user, t.system
 
 
-def start_cluster(n_workers: int, dask_malloc: bool) -> Any:
+def start_cluster(n_workers: int, dask_malloc: bool, arenas: int | None) -> Any:
     import dask
 
     from distributed import Client, LocalCluster
-    from napari_llmseg.distributed import local_cluster
+    from napari_llmseg.distributed import ARENAS, WORKER_ENVIRON, local_cluster
 
+    if arenas is not None:  # local_cluster with another MALLOC_ARENA_MAX (0: none)
+        key = f"distributed.nanny.pre-spawn-environ.{ARENAS}"
+        with mock.patch.dict(WORKER_ENVIRON, {key: arenas or None}):
+            return Client(local_cluster(n_workers))
     if dask_malloc:  # Dask's own worker environment (MALLOC_TRIM_THRESHOLD_=65536)
         key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
         with dask.config.set({key: 65536}):
@@ -55,12 +64,12 @@ def start_cluster(n_workers: int, dask_malloc: bool) -> Any:
     return Client(cluster)
 
 
-def timed_run(client: Any, src: Path, out: Path) -> dict:
+def timed_run(client: Any, src: Path, out: Path, chunks: int | None) -> dict:
     from napari_llmseg import segment
 
     before = client.run(worker_cpu)
     t0 = time.perf_counter()
-    res = segment(src, "nuclei", out=out, scheduler=client)
+    res = segment(src, "nuclei", out=out, scheduler=client, chunks=chunks)
     seconds = time.perf_counter() - t0
     after = client.run(worker_cpu)
     return {
@@ -78,6 +87,10 @@ def main() -> None:
     parser.add_argument("--planes", type=int, default=32)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunks", type=int, default=None, help="output chunk edge")
+    parser.add_argument(
+        "--arenas", type=int, default=None, help="MALLOC_ARENA_MAX for the workers (0: unset)"
+    )
     parser.add_argument(
         "--dask-malloc",
         action="store_true",
@@ -90,15 +103,16 @@ def main() -> None:
         t = Path(tmp)
         shape = (args.planes, args.size, args.size)
         write_volume(t / "in.zarr", shape, (4, 512, 512))
-        write_volume(t / "warm.zarr", (2, 256, 256), (2, 256, 256))
-        clients = {n: start_cluster(n, args.dask_malloc) for n in (1, 2)}
+        write_volume(t / "warm.zarr", (8, 512, 512), (1, 512, 512))
+        clients = {n: start_cluster(n, args.dask_malloc, args.arenas) for n in (1, 2)}
         try:
             for n, client in clients.items():  # worker start-up and model load, not timed
                 segment(t / "warm.zarr", "nuclei", out=t / f"warm{n}.zarr", scheduler=client)
             runs: dict[int, list[dict]] = {1: [], 2: []}
             for k in range(args.repeats):  # 1 and 2 workers alternate, so noise hits both
                 for n, client in clients.items():
-                    runs[n].append(timed_run(client, t / "in.zarr", t / f"o{n}-{k}.zarr"))
+                    out = t / f"o{n}-{k}.zarr"
+                    runs[n].append(timed_run(client, t / "in.zarr", out, args.chunks))
         finally:
             for client in clients.values():
                 cluster = client.cluster
@@ -108,7 +122,9 @@ def main() -> None:
     report = {
         "volume": list(shape),
         "model": "llmseg-tiny",
+        "chunks": args.chunks or "engine default",
         "worker_malloc": "dask default" if args.dask_malloc else "glibc default",
+        "worker_malloc_arenas": 1 if args.arenas is None else (args.arenas or "glibc default"),
         "one_worker": runs[1],
         "two_workers": runs[2],
         "speedup_each_pair": [round(r, 3) for r in ratios],

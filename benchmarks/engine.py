@@ -88,11 +88,14 @@ def monai_run(image: np.ndarray, model, stats, encoded):
     import torch
     from monai.inferers import sliding_window_inference
 
+    from napari_llmseg.engine.allocator import run_allocator
+
     def predictor(t):
         return torch.from_numpy(model.predict(model.preprocess(t.numpy(), stats), encoded))
 
     x = torch.from_numpy(image.astype(np.float32))[None, None]
-    with torch.inference_mode():
+    # MONAI runs with the same malloc settings as our engine, so the ratio compares engines
+    with run_allocator(), torch.inference_mode():
         out = sliding_window_inference(x, (ROI, ROI), BATCH, predictor, OVERLAP, mode="gaussian")
     return torch.sigmoid(out)
 

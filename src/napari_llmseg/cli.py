@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--channel-axis", type=int, default=None, help="axis holding channels, if any"
     )
-    seg.add_argument("--chunks", type=int, default=None, help="output chunk edge (default 256)")
+    seg.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="output chunk edge (default 512 for 2D windows, 256 for 3D)",
+    )
     seg.add_argument(
         "--bands",
         default=None,

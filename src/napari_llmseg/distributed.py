@@ -58,7 +58,16 @@ class TaskSpec:
 #: in docs/benchmarks.md). Our own local clusters leave glibc at its default; see
 #: docs/scaling.md for other clusters.
 TRIM = "MALLOC_TRIM_THRESHOLD_"
-WORKER_ENVIRON = {f"distributed.nanny.pre-spawn-environ.{TRIM}": None}
+#: Tasks run on a worker's executor thread, whose malloc arena is a thread arena: glibc frees
+#: its 64 MiB heaps whenever they empty, whatever the trim threshold (engine/allocator.py only
+#: holds the main arena's memory), so batches fault their buffers in again. One arena puts
+#: every thread on the main heap (benchmarks/dask_scaling.py --arenas 0 for comparison,
+#: figures in docs/benchmarks.md).
+ARENAS = "MALLOC_ARENA_MAX"
+WORKER_ENVIRON = {
+    f"distributed.nanny.pre-spawn-environ.{TRIM}": None,
+    f"distributed.nanny.pre-spawn-environ.{ARENAS}": 1,
+}
 
 
 def local_cluster(n_workers: int) -> Any:
@@ -146,6 +155,11 @@ def _worker_model(model: Any, device: str) -> Any:
         return _MODELS[key]
 
 
+def _preload(model: str | Path, device: str) -> None:
+    """Load a model into this worker's cache (a task pinned to each worker)."""
+    _worker_model(model, device)
+
+
 def _worker_device(device: str) -> str:
     """'auto' on a worker: its own GPU (one per worker, by worker index), else the CPU."""
     import torch
@@ -166,16 +180,28 @@ def _worker_device(device: str) -> str:
     return "cpu"
 
 
+#: Seconds between a worker's progress reports and between its looks at the cancel event.
+#: Each is a message to the scheduler, which a LocalCluster runs in the client's process:
+#: sent once per batch, they took CPU from the workers on a small machine.
+REPORT_INTERVAL = 0.5
+
+
 class _DistributedEvent:
-    """threading.Event-like view of a distributed.Event, checked once per batch."""
+    """threading.Event-like view of a distributed.Event, asked at most every REPORT_INTERVAL."""
 
     def __init__(self, name: str) -> None:
         from distributed import Event
 
         self.event = Event(name)
+        self._checked = -math.inf
+        self._set = False
 
     def is_set(self) -> bool:
-        return bool(self.event.is_set())
+        now = time.monotonic()
+        if not self._set and now - self._checked >= REPORT_INTERVAL:
+            self._set = bool(self.event.is_set())
+            self._checked = now
+        return self._set
 
 
 def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) -> dict:
@@ -212,16 +238,18 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
         weights=importance_map(spec.plan.roi, spec.blend), batch_size=spec.batch_size,
         threshold=spec.threshold, done=done, cancel=_DistributedEvent(f"{spec.run_id}-cancel"),
     )  # fmt: skip
-    last = 0
+    reported, reported_at = 0, time.monotonic()
     while True:
         try:
             step = next(gen)
         except StopIteration as stop:
             info = stop.value
             break
-        if step.done > last:
-            progress.put(step.done - last)
-            last = step.done
+        if step.done > reported and time.monotonic() - reported_at >= REPORT_INTERVAL:
+            progress.put(step.done - reported)
+            reported, reported_at = step.done, time.monotonic()
+    if info.windows > reported:
+        progress.put(info.windows - reported)
     return {"windows": info.windows, "chunks": info.chunks_written, "cancelled": info.cancelled}
 
 
@@ -271,6 +299,14 @@ def run_distributed(
     info = RunInfo(total=sum(n for _, n in work))
     cancel_event = Event(f"{spec.run_id}-cancel", client=client)
     progress = Queue(f"{spec.run_id}-progress", client=client)
+    # A model given by name or folder (None: the default) is loaded on every worker at once,
+    # first thing, rather than by the first task each worker runs.
+    preload = []
+    if model is None or isinstance(model, (str, Path)):
+        preload = [
+            client.submit(_preload, model, spec.device, workers=[w], pure=False)
+            for w in client.scheduler_info().get("workers", {})
+        ]
     futures = [
         client.submit(run_task, spec, r, image, model, pure=False, retries=3) for r, _ in work
     ]
@@ -286,7 +322,7 @@ def run_distributed(
                 info.cancelled = True
                 cancel_event.set()  # running tasks stop after their current batch
                 client.cancel([f for f in futures if f.status == "pending"])
-            for fut in futures:
+            for fut in (*preload, *futures):
                 if fut.status == "error":
                     fut.result()  # re-raises the worker's exception here
             moved = drain()
@@ -296,7 +332,7 @@ def run_distributed(
             if all(f.done() for f in futures):
                 break
             if not moved:
-                time.sleep(0.05)
+                time.sleep(REPORT_INTERVAL / 4)
         moved = drain()
         if moved:
             info.windows += moved
@@ -307,7 +343,7 @@ def run_distributed(
                 info.chunks_written += result["chunks"]
                 info.cancelled |= bool(result["cancelled"])
     finally:
-        unfinished = [f for f in futures if not f.done()]
+        unfinished = [f for f in (*preload, *futures) if not f.done()]
         if unfinished:
             cancel_event.set()
             client.cancel(unfinished)

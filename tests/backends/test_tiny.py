@@ -54,16 +54,56 @@ def test_predict_shapes_dtype_and_determinism(tiny, rng):
     np.testing.assert_allclose(c[0], a[1], atol=1e-4)
 
 
+def test_fused_channels_last_prediction_matches_the_trained_network(tiny, sample_volume):
+    """predict() runs inference_net (BatchNorm folded, channels-last); logits() the network as
+    trained. Same function up to float rounding, and the same labels."""
+    from napari_llmseg.backends.tiny import inference_net
+
+    raw = sample_volume[20:24, None, :128, :96].astype(np.float32)
+    stats = compute_stats(open_image(sample_volume))
+    enc = tiny.encode_prompts(["nuclei", "bone"])
+    x = tiny.preprocess(raw, stats)
+    fast = tiny.predict(x, enc)
+    with torch.inference_mode():
+        slow = tiny.logits(x, enc).numpy()
+    assert fast.flags.c_contiguous and fast.shape == slow.shape == (4, 2, 128, 96)
+    np.testing.assert_allclose(fast, slow, atol=1e-3)
+    assert np.mean((fast > 0) != (slow > 0)) < 1e-4
+    net = inference_net(tiny.net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in tiny.net.modules())  # untouched
+
+
+def test_inference_copy_follows_in_place_training(sample_volume):
+    """Fine-tuning trains model.net in place: predictions must use the new weights."""
+    model = LLMSegTiny()
+    raw = sample_volume[20:22, None, :64, :64].astype(np.float32)
+    stats = compute_stats(open_image(sample_volume))
+    enc = model.encode_prompts(["nuclei"])
+    x = model.preprocess(raw, stats)
+    before = model.predict(x, enc)
+    assert np.array_equal(model.predict(x, enc), before)  # cached copy reused
+    with torch.no_grad():
+        model.net.proj.bias += 1.0  # what an optimiser step does
+    after = model.predict(x, enc)
+    with torch.inference_mode():
+        np.testing.assert_allclose(after, model.logits(x, enc).numpy(), atol=1e-3)
+    assert np.abs(after - before).max() > 0.01
+
+
 def test_text_is_encoded_once_and_each_window_once_for_all_prompts(
     tiny, sample_volume, monkeypatch
 ):
     text_calls, feature_calls = [], []
-    orig_encode, orig_features = tiny.encode_prompts, tiny.net.features
+    net_class = type(tiny.net)  # prediction runs a fused copy of tiny.net (inference_net)
+    orig_encode, orig_features = tiny.encode_prompts, net_class.features
     monkeypatch.setattr(
         tiny, "encode_prompts", lambda p: text_calls.append(list(p)) or orig_encode(p)
     )
     monkeypatch.setattr(
-        tiny.net, "features", lambda x: feature_calls.append(x.shape[0]) or orig_features(x)
+        net_class,
+        "features",
+        lambda self, x: feature_calls.append(x.shape[0]) or orig_features(self, x),
     )
     res = segment(
         sample_volume[:6], ["nuclei", "giraffe", "bone"], model=tiny, roi_size=128, batch_size=4

@@ -86,8 +86,8 @@ def test_named_model_loaded_on_workers_with_shipped_prompts(client, volume, tmp_
     loaded = client.run(
         lambda: sorted(k[0] for k in __import__("napari_llmseg.distributed").distributed._MODELS)
     )
-    # one cached model per worker that ran a task (a worker may have run none of the 2 tasks)
-    assert all(v in ([], ["None"]) for v in loaded.values()) and ["None"] in loaded.values()
+    # loaded once on every worker, before any task (even a worker that runs none of them)
+    assert list(loaded.values()) == [["None"], ["None"]]
     del ref
 
 
@@ -222,6 +222,12 @@ def test_local_clusters_leave_malloc_at_glibc_default(client):
     with local_cluster(1) as cluster, Client(cluster) as c:
         values = c.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert list(values.values()) == [None]
+
+
+def test_local_cluster_workers_use_one_malloc_arena(client):
+    """Tasks run on executor threads, whose own arenas would hand every batch's buffers back
+    to the kernel (distributed.ARENAS)."""
+    assert list(client.run(lambda: os.environ.get("MALLOC_ARENA_MAX")).values()) == ["1", "1"]
 
 
 def test_task_regions_hold_whole_plane_groups():

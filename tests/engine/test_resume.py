@@ -186,3 +186,14 @@ def test_input_is_never_written(tmp_path):
         segment(src, "a", out=src / "labels.zarr", **KW)
     segment(src, "a", out=tmp_path / "o.zarr", **KW)
     assert _digest(src) == before
+
+
+def test_default_output_chunks_are_512_pixel_tiles(tmp_path, rng):
+    vol = rng.normal(size=(2, 600, 300)).astype(np.float32)
+    segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "d.zarr")
+    group = zarr.open_group(tmp_path / "d.zarr", mode="r")
+    assert group["labels"].chunks == (1, 512, 300)
+    assert group["probabilities"].chunks == (1, 1, 512, 300)
+    assert group["labels"].compressors[0].level == 1
+    segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "c.zarr", chunks=128)
+    assert zarr.open_group(tmp_path / "c.zarr", mode="r")["labels"].chunks == (1, 128, 128)

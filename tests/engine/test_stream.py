@@ -208,3 +208,20 @@ def test_batch_size_used_reports_the_predictor_limit(rng):
             break
     assert info.windows == plan.n_windows > 4  # more than one batch
     assert info.batch_size_used == 1
+
+
+@pytest.mark.parametrize("n_prompts", [1, 2, 3, 255])
+def test_labels_are_the_most_probable_prompt_above_threshold(rng, n_prompts):
+    """threshold_labels against the definition (argmax; ties go to the first prompt)."""
+    from napari_llmseg.postprocess import threshold_labels
+
+    prob = rng.random((n_prompts, 40, 30)).astype(np.float32)
+    prob[:, :5, :5] = 0.7  # every prompt equally probable: label 1
+    prob[:, 5:10, :5] = 0.2  # equally probable but under the threshold: 0
+    best = prob.argmax(axis=0)
+    top = prob.max(axis=0)
+    expected = np.where(top > 0.5, best + 1, 0)
+    labels = threshold_labels(prob, 0.5)
+    assert labels.dtype == (np.uint8 if n_prompts < 255 else np.uint16)
+    assert np.array_equal(labels, expected)
+    assert (labels[:5, :5] == 1).all() and (labels[5:10, :5] == 0).all()

@@ -113,6 +113,43 @@ class TinySegNet(nn.Module):
         return self.head(self.features(x), text)
 
 
+def inference_net(net: TinySegNet) -> TinySegNet:
+    """A copy of an eval-mode ``net`` made for prediction on the CPU.
+
+    Every BatchNorm is folded into the convolution before it (torch's ``fuse_conv_bn_eval``)
+    and the weights are in channels-last layout, which lets oneDNN run the narrow convolutions
+    of this U-Net without reordering every activation. The function is the same up to float
+    rounding; a forward pass takes 13.4 instead of 21.0 ms per 256 x 256 window on one CPU
+    thread (``python benchmarks/tiny_inference.py``, figures in docs/benchmarks.md).
+    """
+    import copy
+
+    from torch.nn.utils import fuse_conv_bn_eval
+
+    fast = copy.deepcopy(net).eval()
+    for block in (*fast.enc, *fast.dec):
+        layers, fused = list(block), []
+        while layers:
+            layer = layers.pop(0)
+            if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
+                layer = fuse_conv_bn_eval(layer, layers.pop(0))
+            fused.append(layer)
+        block._modules.clear()
+        for i, layer in enumerate(fused):
+            block.add_module(str(i), layer)
+    return fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def padded_forward(net: TinySegNet, batch: torch.Tensor, encoded: Any) -> torch.Tensor:
+    """Logits ``(B, P, H, W)``: the batch padded to the U-Net's multiple and cropped back."""
+    h, w = batch.shape[-2:]
+    m = net.multiple
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        batch = F.pad(batch, (0, pw, 0, ph), mode="replicate")
+    return net(batch, encoded)[..., :h, :w]
+
+
 #: A 1st percentile at or below this many Hounsfield units means air: the input is a CT.
 HU_AIR = -500.0
 
@@ -179,6 +216,7 @@ class LLMSegTiny(PromptSegmenter):
         self.device = torch.device(device)
         self.net.to(self.device).eval()
         self.default_roi = int(self.config.get("default_roi", self.default_roi))
+        self._fast: tuple[tuple, TinySegNet] | None = None
 
     def describe(self) -> dict:
         return {
@@ -202,16 +240,24 @@ class LLMSegTiny(PromptSegmenter):
         return torch.from_numpy(x).to(self.device)
 
     def logits(self, batch: torch.Tensor, encoded: Any) -> torch.Tensor:
-        """Logits ``(B, P, H, W)`` of a preprocessed batch, padded to the U-Net's multiple and
-        cropped back; differentiable (fine-tuning calls it with gradients on)."""
-        h, w = batch.shape[-2:]
-        m = self.net.multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            batch = F.pad(batch, (0, pw, 0, ph), mode="replicate")
-        return self.net(batch, encoded)[..., :h, :w]
+        """Logits ``(B, P, H, W)`` of a preprocessed batch from the network as trained;
+        differentiable (fine-tuning calls it with gradients on)."""
+        return padded_forward(self.net, batch, encoded)
+
+    def _inference_net(self) -> TinySegNet:
+        """:func:`inference_net` of ``self.net``, made again whenever its weights or
+        statistics have changed (fine-tuning trains ``self.net`` in place)."""
+        state = (*self.net.parameters(), *self.net.buffers())
+        key = tuple((id(t), t._version) for t in state)
+        if self._fast is None or self._fast[0] != key:
+            self._fast = (key, inference_net(self.net))
+        return self._fast[1]
 
     def predict(self, batch: torch.Tensor, encoded: Any) -> np.ndarray:
         with torch.inference_mode():
-            logits = self.logits(batch, encoded)
-        return logits.float().cpu().numpy()
+            if self.net.training:  # BatchNorm on batch statistics: nothing to fold
+                logits = self.logits(batch, encoded)
+            else:
+                x = batch.contiguous(memory_format=torch.channels_last)
+                logits = padded_forward(self._inference_net(), x, encoded)
+        return np.ascontiguousarray(logits.float().cpu().numpy())

@@ -124,13 +124,19 @@ class OutputStore:
 
         if replace:
             shutil.rmtree(out) if out.is_dir() else out.unlink()
+        from zarr.codecs import ZstdCodec
+
         group = zarr.open_group(out, mode="w-", zarr_format=3)
+        # zstd level 1 instead of zarr's default level: on llmseg-tiny's probabilities it
+        # compresses as well (1.40x) at twice the speed, and labels compress better (32x vs 29x)
+        compressors = ZstdCodec(level=1)
         group.create_array(
             "labels",
             shape=shape,
             chunks=chunks,
             dtype=label_dtype,
             fill_value=0,
+            compressors=compressors,
             dimension_names=_dim_names(len(shape)),
         )
         group.create_array(
@@ -139,6 +145,7 @@ class OutputStore:
             chunks=(1, *chunks),
             dtype=np.float32,
             fill_value=0.0,
+            compressors=compressors,
             dimension_names=("prompt", *_dim_names(len(shape))),
         )
         done_chunks = tuple(1 if i < n_lead else min(g, 64) for i, g in enumerate(grid))

@@ -119,7 +119,7 @@ def inference_net(net: TinySegNet) -> TinySegNet:
     Every BatchNorm is folded into the convolution before it (torch's ``fuse_conv_bn_eval``)
     and the weights are in channels-last layout, which lets oneDNN run the narrow convolutions
     of this U-Net without reordering every activation. The function is the same up to float
-    rounding; a forward pass takes 13.4 instead of 21.0 ms per 256 x 256 window on one CPU
+    rounding; a forward pass takes 13.4 instead of 22.3 ms per 256 x 256 window on one CPU
     thread (``python benchmarks/tiny_inference.py``, figures in docs/benchmarks.md).
     """
     import copy

@@ -4,9 +4,9 @@ Every forward pass of a segmentation model allocates and frees tens of megabytes
 activations and convolution buffers. With glibc's defaults on Linux, blocks above 32 MiB (the
 ceiling of its adaptive mmap threshold) are fresh mmaps, and free memory at the top of the heap
 is trimmed, so the next batch faults the same pages in again and the kernel zeroes them: for
-llmseg-tiny (batch 4, 256 px windows, one torch thread) about 4,000 page faults per window.
+llmseg-tiny (batch 4, 256 px windows, one torch thread) about 3,600 page faults per window.
 Raising the mmap and trim thresholds for the duration of a run keeps those pages in the
-process: 51 faults per window, and 13.4 instead of 20.8 ms per window
+process: next to no faults, and 13.4 instead of 21.3 ms per window
 (``python benchmarks/tiny_inference.py``, figures in docs/benchmarks.md). Dask's nanny makes it
 worse by exporting MALLOC_TRIM_THRESHOLD_=65536 to its workers; this overrides that too while a
 task runs. (Thread arenas are another matter: see ``distributed.ARENAS``.)

@@ -50,6 +50,7 @@ benchmarks: venv
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/backends.py --real-size
 	$(BIN)/python benchmarks/instances.py
+	$(BIN)/python benchmarks/tiny_inference.py
 	$(BIN)/python benchmarks/dask_scaling.py
 
 train-tiny: venv

@@ -47,11 +47,11 @@ def start_cluster(n_workers: int, dask_malloc: bool, arenas: int | None) -> Any:
     import dask
 
     from distributed import Client, LocalCluster
-    from napari_llmseg.distributed import ARENAS, WORKER_ENVIRON, local_cluster
+    from napari_llmseg.distributed import ARENAS, WORKER_CONFIG, local_cluster
 
     if arenas is not None:  # local_cluster with another MALLOC_ARENA_MAX (0: none)
         key = f"distributed.nanny.pre-spawn-environ.{ARENAS}"
-        with mock.patch.dict(WORKER_ENVIRON, {key: arenas or None}):
+        with mock.patch.dict(WORKER_CONFIG, {key: arenas or None}):
             return Client(local_cluster(n_workers))
     if dask_malloc:  # Dask's own worker environment (MALLOC_TRIM_THRESHOLD_=65536)
         key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"

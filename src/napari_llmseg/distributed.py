@@ -64,9 +64,13 @@ TRIM = "MALLOC_TRIM_THRESHOLD_"
 #: every thread on the main heap (benchmarks/dask_scaling.py --arenas 0 for comparison,
 #: figures in docs/benchmarks.md).
 ARENAS = "MALLOC_ARENA_MAX"
-WORKER_ENVIRON = {
+#: Dask configuration our own local clusters' workers start with. Besides the malloc settings
+#: above, Dask's statistical profiler is off: it samples every thread's stack every 10 ms for
+#: a dashboard these clusters do not start.
+WORKER_CONFIG = {
     f"distributed.nanny.pre-spawn-environ.{TRIM}": None,
     f"distributed.nanny.pre-spawn-environ.{ARENAS}": 1,
+    "distributed.worker.profile.enabled": False,
 }
 
 
@@ -84,7 +88,7 @@ def local_cluster(n_workers: int) -> Any:
     if leaked is not None and leaked == default:
         del os.environ[TRIM]
     try:
-        with dask.config.set(WORKER_ENVIRON):
+        with dask.config.set(WORKER_CONFIG):
             return LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
             )

@@ -230,6 +230,16 @@ def test_local_cluster_workers_use_one_malloc_arena(client):
     assert list(client.run(lambda: os.environ.get("MALLOC_ARENA_MAX")).values()) == ["1", "1"]
 
 
+def test_local_cluster_workers_do_not_run_the_dashboard_profiler(client):
+    import dask
+
+    enabled = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert list(enabled.values()) == [False, False]
+    # and the workers really keep no profile
+    samples = client.run(lambda dask_worker: len(dask_worker.profile_history))
+    assert list(samples.values()) == [0, 0]
+
+
 def test_task_regions_hold_whole_plane_groups():
     from napari_llmseg.distributed import task_regions
     from napari_llmseg.engine.windows import WindowPlan

@@ -288,7 +288,8 @@ def run_distributed(
     if bad:
         worker, problem = next(iter(bad.items()))
         raise ValueError(f"worker {worker}: {problem}; every worker must see the same paths")
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    workers = list(client.scheduler_info().get("workers", {}))
+    n_workers = max(1, len(workers))
     plan = spec.plan
     group = plane_group(source, plan, len(spec.prompts))
     order = plan.order(group)
@@ -308,8 +309,7 @@ def run_distributed(
     preload = []
     if model is None or isinstance(model, (str, Path)):
         preload = [
-            client.submit(_preload, model, spec.device, workers=[w], pure=False)
-            for w in client.scheduler_info().get("workers", {})
+            client.submit(_preload, model, spec.device, workers=[w], pure=False) for w in workers
         ]
     futures = [
         client.submit(run_task, spec, r, image, model, pure=False, retries=3) for r, _ in work

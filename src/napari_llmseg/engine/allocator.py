@@ -21,11 +21,18 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+Y = TypeVar("Y")
+S = TypeVar("S")
+R = TypeVar("R")
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
@@ -103,6 +110,19 @@ def run_allocator() -> Iterator[None]:
                     _from_env("MALLOC_MMAP_THRESHOLD_", _DEFAULT_MMAP_THRESHOLD),
                 )
                 _LIBC.malloc_trim(ctypes.c_size_t(0))
+
+
+def holds_run_allocator(
+    gen: Callable[P, Generator[Y, S, R]],
+) -> Callable[P, Generator[Y, S, R]]:
+    """Decorate a generator function so that :func:`run_allocator` is held while it runs."""
+
+    @functools.wraps(gen)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Y, S, R]:
+        with run_allocator():
+            return (yield from gen(*args, **kwargs))
+
+    return wrapper
 
 
 def active_runs() -> int:

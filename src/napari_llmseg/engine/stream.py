@@ -30,7 +30,7 @@ import numpy as np
 
 from ..io.image import ImageSource
 from ..postprocess import threshold_labels
-from .allocator import run_allocator
+from .allocator import holds_run_allocator
 from .windows import WindowPlan
 
 #: Budget for blending accumulators of unfinished chunks, used to size plane groups.
@@ -343,6 +343,7 @@ class _Writer(threading.Thread):
         self.join()
 
 
+@holds_run_allocator  # large freed buffers stay in the process while the run lasts
 def run(
     source: ImageSource,
     predictor: Predictor,
@@ -388,30 +389,6 @@ def run(
     RunInfo
         Returned as the generator's value (``StopIteration.value``).
     """
-    with run_allocator():  # large freed buffers stay in the process while the run lasts
-        return (
-            yield from _run(
-                source, predictor, plan, sink, weights=weights, batch_size=batch_size,
-                threshold=threshold, done=done, cancel=cancel, prefetch=prefetch,
-                stitcher=stitcher,
-            )
-        )  # fmt: skip
-
-
-def _run(
-    source: ImageSource,
-    predictor: Predictor,
-    plan: WindowPlan,
-    sink: Sink,
-    *,
-    weights: np.ndarray,
-    batch_size: int,
-    threshold: float,
-    done: np.ndarray | None,
-    cancel: CancelFlag | None,
-    prefetch: int,
-    stitcher: Any,
-) -> Generator[Progress, None, RunInfo]:
     t_start = time.perf_counter()
     info = RunInfo(batch_size_used=batch_size)
     group = plane_group(source, plan, predictor.n_outputs)

@@ -64,13 +64,23 @@ TRIM = "MALLOC_TRIM_THRESHOLD_"
 #: every thread on the main heap (benchmarks/dask_scaling.py --arenas 0 for comparison,
 #: figures in docs/benchmarks.md).
 ARENAS = "MALLOC_ARENA_MAX"
-#: Dask configuration our own local clusters' workers start with. Besides the malloc settings
-#: above, Dask's statistical profiler is off: it samples every thread's stack every 10 ms for
-#: a dashboard these clusters do not start.
+#: Dask configuration our own local clusters start with. Besides the malloc settings above:
+#: Dask's statistical profiler is off (it samples every thread's stack every 10 ms for a
+#: dashboard these clusters do not start), and the event loops' health tick (20 ms) and the
+#: memory monitor (100 ms) run every 500 ms. Each wake-up of a worker's event loop can
+#: preempt a model thread when there is one core per worker: in a 2-worker run of
+#: benchmarks/dask_scaling.py each model thread was preempted about 1,800 times with Dask's
+#: defaults and 1,100 with these, and each worker's event loop used 0.14 CPU-s instead of
+#: 0.05 (ad hoc, from /proc/<pid>/task/<tid>/status and schedstat; the speed-ups with and
+#: without are in docs/benchmarks.md). Both only lower how often Dask looks: a blocked event
+#: loop is still reported, and a worker over its memory limit still paused or restarted,
+#: within 0.5 s.
 WORKER_CONFIG = {
     f"distributed.nanny.pre-spawn-environ.{TRIM}": None,
     f"distributed.nanny.pre-spawn-environ.{ARENAS}": 1,
     "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.worker.memory.monitor-interval": "500ms",
 }
 
 
@@ -257,8 +267,18 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     return {"windows": info.windows, "chunks": info.chunks_written, "cancelled": info.cancelled}
 
 
-def _check_paths(image: Any, out: str) -> str | None:
-    """Runs on every worker before any task: can it read the input and write the output?"""
+def _prepare_worker(image: Any, out: str) -> str | None:
+    """Runs on every worker before any task: can it read the input and write the output?
+
+    It also imports torch, first thing, on the worker's event loop. Otherwise the first
+    task's arguments (prompt encodings are torch tensors) could be unpickled on the event
+    loop while the worker's task thread imports torch to load the model: two threads
+    importing torch at once made the unpickling fail (``KeyError: 'torch'``), which cut that
+    worker off from the scheduler and left the whole run to the others (seen on fresh
+    LocalClusters in about one run in six).
+    """
+    import torch  # noqa: F401
+
     if isinstance(image, (str, os.PathLike)) and not Path(image).exists():
         return f"input '{image}' does not exist on this worker"
     if not Path(out).is_dir():
@@ -283,7 +303,7 @@ def run_distributed(
     from .engine.stream import batches_to_run, plane_group
 
     t0 = time.perf_counter()
-    problems = client.run(_check_paths, image if isinstance(image, str) else None, spec.out)
+    problems = client.run(_prepare_worker, image if isinstance(image, str) else None, spec.out)
     bad = {w: p for w, p in problems.items() if p}
     if bad:
         worker, problem = next(iter(bad.items()))
@@ -315,6 +335,19 @@ def run_distributed(
         client.submit(run_task, spec, r, image, model, pure=False, retries=3) for r, _ in work
     ]
 
+    all_done = threading.Event()
+    remaining = [len(futures)]
+
+    def count_done(_: Any) -> None:  # on the client's event loop thread
+        remaining[0] -= 1
+        if remaining[0] <= 0:
+            all_done.set()
+
+    for fut in futures:
+        fut.add_done_callback(count_done)
+    if not futures:
+        all_done.set()
+
     def drain() -> int:
         moved = progress.get(batch=True)
         return int(sum(moved)) if moved else 0
@@ -335,8 +368,8 @@ def run_distributed(
                 yield Progress(info.windows, info.total)
             if all(f.done() for f in futures):
                 break
-            if not moved:
-                time.sleep(REPORT_INTERVAL / 4)
+            if not moved:  # pause, but no longer than until the last task ends
+                all_done.wait(REPORT_INTERVAL / 4)
         moved = drain()
         if moved:
             info.windows += moved

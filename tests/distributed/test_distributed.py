@@ -179,12 +179,38 @@ def test_killed_client_run_resumes(client, volume, tmp_path):
     same_store(tmp_path / "s.zarr", out)
 
 
-def test_unreachable_paths_are_reported(client, volume, tmp_path):
-    from napari_llmseg.distributed import _check_paths
+def test_workers_import_torch_before_any_task_arrives(volume, tmp_path, monkeypatch):
+    """A task's arguments hold torch tensors (the prompt encodings). Unpickled on a worker's
+    event loop while its task thread imported torch (loading the model), they failed with
+    KeyError: 'torch' and cut the worker off; so every worker imports torch first."""
+    from distributed import Client
+    from napari_llmseg.distributed import local_cluster
 
-    assert _check_paths(str(volume), str(tmp_path)) is None
-    assert "does not exist on this worker" in _check_paths("/nowhere/x.zarr", str(tmp_path))
-    assert "is not reachable from this worker" in _check_paths(None, "/nowhere/out.zarr")
+    def has_torch():
+        return "torch" in sys.modules
+
+    with local_cluster(2) as cluster, Client(cluster) as fresh:
+        assert not any(fresh.run(has_torch).values())  # a new worker has not imported it
+        seen = []
+        submit = fresh.submit
+
+        def recording_submit(fn, *args, **kwargs):
+            seen.append((fn.__name__, set(fresh.run(has_torch).values())))
+            return submit(fn, *args, **kwargs)
+
+        monkeypatch.setattr(fresh, "submit", recording_submit)
+        res = segment(volume, "nuclei", out=tmp_path / "o.zarr", scheduler=fresh, **KW)
+    assert res.complete
+    assert seen and {name for name, _ in seen} == {"_preload", "run_task"}
+    assert all(state == {True} for _, state in seen)
+
+
+def test_unreachable_paths_are_reported(client, volume, tmp_path):
+    from napari_llmseg.distributed import _prepare_worker
+
+    assert _prepare_worker(str(volume), str(tmp_path)) is None
+    assert "does not exist on this worker" in _prepare_worker("/nowhere/x.zarr", str(tmp_path))
+    assert "is not reachable from this worker" in _prepare_worker(None, "/nowhere/out.zarr")
     with pytest.raises(ValueError, match="scheduler= needs out="):
         segment(volume, "a", model=smooth_model, scheduler=client, **KW)
     with pytest.raises(ValueError, match="expected 'local:N' with N >= 1"):
@@ -238,6 +264,20 @@ def test_local_cluster_workers_do_not_run_the_dashboard_profiler(client):
     # and the workers really keep no profile
     samples = client.run(lambda dask_worker: len(dask_worker.profile_history))
     assert list(samples.values()) == [0, 0]
+
+
+def test_local_cluster_event_loops_wake_up_every_half_second(client):
+    """Dask's 20 ms tick and 100 ms memory monitor woke the workers' event loops, each time
+    taking the core from a model thread (distributed.WORKER_CONFIG)."""
+
+    def intervals(dask_worker):
+        cbs = dask_worker.periodic_callbacks
+        return cbs["tick"].callback_time, cbs["memory_monitor"].callback_time
+
+    assert list(client.run(intervals).values()) == [(500.0, 500.0)] * 2
+    assert client.cluster.scheduler.periodic_callbacks["tick"].callback_time == 500.0
+    for nanny in client.cluster.workers.values():
+        assert nanny.periodic_callbacks["memory_monitor"].callback_time == 500.0
 
 
 def test_task_regions_hold_whole_plane_groups():

@@ -197,3 +197,18 @@ def test_default_output_chunks_are_512_pixel_tiles(tmp_path, rng):
     assert group["labels"].compressors[0].level == 1
     segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "c.zarr", chunks=128)
     assert zarr.open_group(tmp_path / "c.zarr", mode="r")["labels"].chunks == (1, 128, 128)
+
+
+@pytest.mark.parametrize(
+    ("shape", "grid_chunks"), [((2, 600, 300), (1, 3, 2)), ((600, 300), (1, 2))]
+)
+def test_done_marker_chunks_hold_one_entry_of_the_first_grid_axis(
+    tmp_path, rng, shape, grid_chunks
+):
+    """Distributed tasks split the chunk grid along its first axis; with one entry of that
+    axis per marker chunk, no two tasks read-modify-write the same marker chunk."""
+    vol = rng.normal(size=shape).astype(np.float32)
+    segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "d.zarr", chunks=256)
+    done = zarr.open_group(tmp_path / "d.zarr", mode="r")["_chunks_done"]
+    assert done.chunks == grid_chunks
+    assert np.asarray(done[...]).all()

@@ -65,7 +65,10 @@ def test_cancel_returns_within_one_batch(rng, tmp_path):
     assert 0 < done.sum() < done.size
 
 
-def test_chunks_are_written_while_the_run_goes_on(rng, tmp_path):
+def test_chunks_are_written_while_the_run_goes_on(rng, tmp_path, monkeypatch):
+    # Done-markers are written in groups, at most DONE_FLUSH_SECONDS after the data; this
+    # run is shorter than that, so markers are written as soon as possible here.
+    monkeypatch.setattr("napari_llmseg.engine.stream.DONE_FLUSH_SECONDS", 0.0)
     out = tmp_path / "o.zarr"
     written_during_run = []
 
@@ -225,3 +228,102 @@ def test_labels_are_the_most_probable_prompt_above_threshold(rng, n_prompts):
     assert labels.dtype == (np.uint8 if n_prompts < 255 else np.uint16)
     assert np.array_equal(labels, expected)
     assert (labels[:5, :5] == 1).all() and (labels[5:10, :5] == 0).all()
+
+
+class _Recording:
+    """A chunked array that records the regions read from it (rows of axis ``axis``)."""
+
+    def __init__(self, base, axis):
+        self.base, self.axis, self.rows = base, axis, []
+        self.shape, self.dtype, self.chunks = base.shape, base.dtype, base.chunks
+
+    def __getitem__(self, idx):
+        if threading.current_thread().name == "llmseg-reader":
+            lead = (idx[0].start, idx[0].stop) if self.axis else None
+            self.rows.append((lead, idx[self.axis].start, idx[self.axis].stop))
+        return self.base[idx]
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "holes"),
+    [
+        ((6, 200, 96), (3, 64, 96), None),  # plane groups of 3 planes, 64-row chunks
+        ((6, 200, 96), (2, 48, 48), "late"),  # NaNs only in a later band: masks join
+        ((200, 72), (50, 72), "early"),  # a 2D image; NaNs only in the first band
+    ],
+)
+def test_each_storage_chunk_is_read_once_and_output_is_unchanged(rng, shape, chunks, holes):
+    """Bands end on chunk boundaries and keep the rows they share with the next band."""
+    vol = rng.normal(size=shape).astype(np.float32)
+    if holes == "late":
+        vol[:, 150:160, 10:20] = np.nan
+    elif holes == "early":
+        vol[3:9, 5:15] = np.nan
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=chunks, dtype="f4")
+    z[...] = vol
+    axis = len(shape) - 2
+    recorded = _Recording(z, axis)
+    kw = {"model": smooth_model, "roi_size": 40, "overlap": 0.5, "batch_size": 3, "chunks": 32}
+    chunked = segment(recorded, "a", **kw)
+    reference = segment(vol, "a", **kw)  # in memory: bands of exactly the window's rows
+    assert np.array_equal(chunked.probabilities, reference.probabilities)
+    assert np.array_equal(chunked.labels, reference.labels)
+    if holes:
+        assert chunked.labels[np.isnan(vol)].max() == 0
+    # Every row of every plane group is read exactly once, in order, chunk-aligned reads
+    # ending on chunk boundaries (or the image end).
+    groups: dict = {}
+    for lead, lo, hi in recorded.rows:
+        groups.setdefault(lead, []).append((lo, hi))
+        assert hi % chunks[axis] == 0 or hi == shape[axis]
+    for spans in groups.values():
+        assert spans[0][0] == 0 and spans[-1][1] == shape[axis]
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    n_groups = -(-shape[0] // chunks[0]) if axis else 1
+    assert len(groups) == n_groups
+
+
+def test_done_markers_are_grouped_and_follow_the_data(rng, monkeypatch):
+    from napari_llmseg.engine import stream
+    from napari_llmseg.engine.windows import importance_map
+    from napari_llmseg.io.image import open_image
+
+    events = []
+
+    class Sink(stream.MemorySink):
+        def write(self, chunk, region, prob, labels):
+            super().write(chunk, region, prob, labels)
+            events.append(("write", chunk))
+
+        def mark_done(self, chunks):
+            events.append(("done", list(chunks)))
+
+    def run(flush_seconds):
+        monkeypatch.setattr(stream, "DONE_FLUSH_SECONDS", flush_seconds)
+        events.clear()
+        image = rng.normal(size=(3, 96, 96)).astype(np.float32)
+        plan = WindowPlan((3, 96, 96), (32, 32), 0.25, (1, 32, 32))
+        predictor = type(
+            "P", (), {"n_outputs": 1, "pad_value": lambda s: np.zeros(1, np.float32),
+                      "prepare": lambda s, r: r, "predict": lambda s, p: p[:, :1]},
+        )()  # fmt: skip
+        gen = stream.run(
+            open_image(image), predictor, plan, Sink((3, 96, 96), 1, np.dtype(np.uint8)),
+            weights=importance_map((32, 32), "gaussian"), batch_size=2, threshold=0.5,
+        )  # fmt: skip
+        for _ in gen:
+            pass
+        written = [c for kind, c in events if kind == "write"]
+        marks = [c for kind, c in events if kind == "done"]
+        assert sorted(written) == sorted(itertools.chain(*marks))  # every chunk, once
+        assert len(written) == int(np.prod(plan.grid)) == 27
+        seen: set = set()
+        for kind, c in events:  # a chunk is marked only after its data was written
+            if kind == "write":
+                seen.add(c)
+            else:
+                assert set(c) <= seen
+        return marks
+
+    assert len(run(60.0)) == 1  # a short run: all markers in one write, at the end
+    assert len(run(0.0)) > 5  # no grouping: markers follow the data as it is written

@@ -10,7 +10,8 @@ Layout of a store written by :func:`napari_llmseg.segment` with ``out=``::
       labels/            (*spatial) uint8/uint16, 0 = background, i = prompts[i - 1]
       probabilities/     (P, *spatial) float32
       _chunks_done/      one uint8 per output chunk; 1 once that chunk's labels and
-                         probabilities are written
+                         probabilities are written (markers are written in groups, at
+                         most engine.stream.DONE_FLUSH_SECONDS after the data)
       instances/         (*spatial) uint32 object ids, with instances=True (ids 1..N in raster
                          order of each object's first voxel); attributes list each id's prompt
 
@@ -147,7 +148,9 @@ class OutputStore:
             compressors=compressors,
             dimension_names=("prompt", *_dim_names(len(shape))),
         )
-        done_chunks = tuple(1 if i < n_lead else min(g, 64) for i, g in enumerate(grid))
+        # One done-chunk never spans two entries of the first grid axis, along which
+        # distributed tasks split the work: no two tasks update the same marker chunk.
+        done_chunks = tuple(1 if i == 0 or i < n_lead else min(g, 64) for i, g in enumerate(grid))
         group.create_array(
             DONE_ARRAY, shape=grid, chunks=done_chunks, dtype=np.uint8, fill_value=0
         )
@@ -197,9 +200,12 @@ class OutputStore:
     ) -> None:
         self.probabilities[(slice(None), *region)] = prob
         self.labels[region] = labels
-        # Mark done only after the data is on disk: a kill in between costs a recomputation,
-        # never a chunk marked done with missing data.
-        self.done[chunk] = 1
+
+    def mark_done(self, chunks: list[tuple[int, ...]]) -> None:
+        """Mark chunks done; the engine calls this only after their data is written, so a
+        kill in between costs a recomputation, never a chunk marked done with missing data."""
+        if chunks:
+            self.done.vindex[tuple(np.asarray(chunks).T)] = 1
 
     def update_attrs(self, **changes: Any) -> None:
         attrs = dict(self.group.attrs[ATTR_KEY])

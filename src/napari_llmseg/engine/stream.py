@@ -3,7 +3,9 @@
 Three stages run at once:
 
 * a reader thread reads one band of the input at a time (a row of windows across the whole
-  width, for a group of planes), cuts windows out of it, replaces padding, non-finite pixels
+  width, for a group of planes; with a chunked source the band ends on a chunk boundary and
+  keeps the rows it shares with the next, so every storage chunk is decoded once per plane
+  group), cuts windows out of it, replaces padding, non-finite pixels
   and pixels the source marks as carrying no data (:meth:`ImageSource.invalid`, e.g. a
   GeoTIFF's nodata), and lets the model prepare each batch;
 * the calling thread runs the model and blends each window's logits, weighted by MONAI's
@@ -105,6 +107,9 @@ class Sink(Protocol):
     ) -> None:
         """Store a finished chunk: probabilities (P, *chunk) and labels (*chunk)."""
 
+    def mark_done(self, chunks: list[tuple[int, ...]]) -> None:
+        """Record that these chunks, already written, are complete (for resuming)."""
+
 
 class MemorySink:
     """Collects the whole result in numpy arrays (the ``out=None`` case)."""
@@ -116,6 +121,9 @@ class MemorySink:
     def write(self, chunk, region, prob, labels) -> None:
         self.probabilities[(slice(None), *region)] = prob
         self.labels[region] = labels
+
+    def mark_done(self, chunks) -> None:
+        pass  # nothing to resume from memory
 
 
 def finalize_chunk(
@@ -165,6 +173,20 @@ def plane_group(source: ImageSource, plan: WindowPlan, n_outputs: int) -> int:
     return int(max(1, min(source.chunks[0], OPEN_CHUNK_BUDGET // max(per_plane, 1))))
 
 
+def band_step(source: ImageSource, plan: WindowPlan, group: int) -> int | None:
+    """Rows of a source chunk along the tiled axis 0, if bands may end on chunk boundaries.
+
+    A band then holds up to a window and a chunk of rows (rather than a window); None for an
+    unchunked source or when such a band of ``group`` planes would exceed OPEN_CHUNK_BUDGET.
+    """
+    if source.chunks is None:
+        return None
+    step = int(source.chunks[plan.n_lead])
+    rest = math.prod(plan.plane[1:]) * source.n_channels * source.dtype.itemsize
+    band_bytes = max(group, 1) * (plan.roi[0] + step) * rest
+    return step if 1 < step and band_bytes <= OPEN_CHUNK_BUDGET else None
+
+
 def batches_to_run(
     plan: WindowPlan, order: np.ndarray, batch_size: int, done: np.ndarray | None
 ) -> list[np.ndarray]:
@@ -197,10 +219,11 @@ class _Reader(threading.Thread):
         self.batches, self.group = batches, group
         self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
-        self._band_key: tuple | None = None
+        self._band_group: int | None = None  # first plane of the band's plane group
+        self._band_rows = (0, 0)  # rows [lo, hi) of the band along the tiled axis 0
         self._band: np.ndarray | None = None
         self._band_bad: np.ndarray | None = None
-        self._band_origin: tuple[int, ...] = ()
+        self.step = band_step(source, plan, group)
         self.pad = np.asarray(predictor.pad_value(), dtype=np.float32).reshape(-1)
         self.float_input = source.dtype.kind == "f"
         self.may_be_invalid = source.may_be_invalid
@@ -228,26 +251,51 @@ class _Reader(threading.Thread):
     def _band_for(
         self, lead: tuple[int, ...], row: int
     ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+        """The band holding window row ``row`` of the plane group of ``lead``, and its origin.
+
+        With a chunked source, bands end on the source's chunk boundaries and the next band
+        keeps the rows the two share, so every storage chunk is read and decoded once per
+        plane group rather than once for each row of windows that overlaps it (three times
+        for llmseg-tiny's windows over 512-row chunks).
+        """
         plan = self.plan
-        if plan.n_lead:
-            g0 = (lead[0] // self.group) * self.group
-            g1 = min(g0 + self.group, plan.shape[0])
-            key: tuple = (g0, row)
-        else:
-            key = (row,)
-        if key != self._band_key:
-            start = int(plan.starts[0][row])
-            y0, y1 = max(start, 0), min(start + plan.roi[0], plan.plane[0])
-            region: tuple[slice, ...] = (slice(y0, y1),) + (slice(None),) * (len(plan.roi) - 1)
-            origin: tuple[int, ...] = (y0,)
-            if plan.n_lead:
-                region = (slice(g0, g1), *region)
-                origin = (g0, y0)
-            self._band = self.source.read(region)
-            self._band_bad = self.source.invalid(region, self._band)
-            self._band_key, self._band_origin = key, origin
+        start = int(plan.starts[0][row])
+        y0, y1 = max(start, 0), min(start + plan.roi[0], plan.plane[0])
+        g0 = (lead[0] // self.group) * self.group if plan.n_lead else 0
+        lo, hi = self._band_rows
+        if self._band is None or g0 != self._band_group or not (lo <= y0 and y1 <= hi):
+            self._load_band(g0, y0, y1)
         assert self._band is not None
-        return self._band, self._band_bad, self._band_origin
+        origin = (g0, self._band_rows[0]) if plan.n_lead else (self._band_rows[0],)
+        return self._band, self._band_bad, origin
+
+    def _load_band(self, g0: int, y0: int, y1: int) -> None:
+        """Make the band cover rows [y0, y1) of the plane group starting at ``g0``."""
+        plan = self.plan
+        end = y1 if self.step is None else min(-(-y1 // self.step) * self.step, plan.plane[0])
+        lo, hi = self._band_rows
+        keep = self._band is not None and g0 == self._band_group and lo <= y0 < hi
+        first = hi if keep else y0  # rows already in the band are not read again
+        region: tuple[slice, ...] = (slice(first, end),) + (slice(None),) * (len(plan.roi) - 1)
+        if plan.n_lead:
+            region = (slice(g0, min(g0 + self.group, plan.shape[0])), *region)
+        data = self.source.read(region)
+        bad = self.source.invalid(region, data)
+        if keep:
+            assert self._band is not None
+            axis = plan.n_lead  # the band's row axis
+            kept = (slice(None),) * axis + (slice(y0 - lo, None),)
+            old_data = self._band[kept]
+            old_bad = self._band_bad[kept] if self._band_bad is not None else None
+            if old_bad is not None or bad is not None:
+                if old_bad is None:
+                    old_bad = np.zeros(old_data.shape[:-1], bool)
+                if bad is None:
+                    bad = np.zeros(data.shape[:-1], bool)
+                bad = np.concatenate([old_bad, bad], axis=axis)
+            data = np.concatenate([old_data, data], axis=axis)
+        self._band, self._band_bad = data, bad
+        self._band_group, self._band_rows = g0, (y0, end)
 
     def _make_batch(self, rows: np.ndarray) -> _Batch:
         plan = self.plan
@@ -306,6 +354,13 @@ class _Reader(threading.Thread):
         self.join()
 
 
+#: Longest time a written chunk waits for its done-marker. Markers are written together
+#: (one read-modify-write of the done array per DONE_FLUSH_SECONDS rather than one per chunk,
+#: each costing as much CPU as writing a chunk of labels); a run killed in between computes
+#: those chunks again on resume.
+DONE_FLUSH_SECONDS = 1.0
+
+
 class _Writer(threading.Thread):
     """Finalises finished chunks and writes them, off the model's thread."""
 
@@ -315,23 +370,41 @@ class _Writer(threading.Thread):
         self.queue: queue.Queue = queue.Queue(maxsize=32)
         self.error: BaseException | None = None
         self.written = 0
+        self.pending: list[tuple[int, ...]] = []  # written, not yet marked done
 
     def run(self) -> None:
+        flushed = time.monotonic()
         while True:
-            item = self.queue.get()
+            try:  # with markers pending, wake up in time to write them
+                item = self.queue.get(timeout=DONE_FLUSH_SECONDS if self.pending else None)
+            except queue.Empty:
+                item = None
             if item is _DONE:
-                return
-            if self.error is not None:
-                continue  # drain after a failure so that the producer never blocks
-            chunk, acc = item
-            try:
-                prob, labels = finalize_chunk(acc.num, acc.den, acc.bad, self.threshold)
-                region = self.plan.chunk_slices(chunk)
-                shape = tuple(s.stop - s.start for s in region)  # leading axes have length 1
-                self.sink.write(chunk, region, prob.reshape(-1, *shape), labels.reshape(shape))
-                self.written += 1
-            except BaseException as err:
-                self.error = err
+                break
+            if item is not None and self.error is None:  # after a failure: drain only
+                chunk, acc = item
+                try:
+                    prob, labels = finalize_chunk(acc.num, acc.den, acc.bad, self.threshold)
+                    region = self.plan.chunk_slices(chunk)
+                    shape = tuple(s.stop - s.start for s in region)  # leading axes: length 1
+                    self.sink.write(chunk, region, prob.reshape(-1, *shape), labels.reshape(shape))
+                    self.written += 1
+                    self.pending.append(chunk)
+                except BaseException as err:
+                    self.error = err
+            if self.pending and time.monotonic() - flushed >= DONE_FLUSH_SECONDS:
+                self._flush()
+                flushed = time.monotonic()
+        self._flush()  # chunks written before a failure are complete too
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        try:
+            self.sink.mark_done(self.pending)
+        except BaseException as err:
+            self.error = self.error or err
+        self.pending = []
 
     def put(self, item) -> None:
         if self.error is not None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_llmseg import open_image
 from napari_llmseg.engine.normalize import IntensityStats, compute_stats
@@ -45,3 +46,32 @@ def test_blank_image_has_a_usable_range():
 def test_roundtrip_through_json():
     s = IntensityStats((1.0, 2.0), (3.0, 4.0), 1.0, 99.8, 10, False)
     assert IntensityStats.from_dict(s.to_dict()) == s
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int8", "int16", "float32", "int32"])
+@pytest.mark.parametrize("size", [1, 2, 3, 1001, 40_000])
+def test_percentiles_equal_numpys_to_the_last_bit(rng, dtype, size):
+    """8/16-bit integers take a histogram path; the result must be numpy's, bit for bit."""
+    from napari_llmseg.engine.normalize import percentiles
+
+    info = np.iinfo(dtype) if dtype[0] in "iu" else None
+    for trial in range(3):
+        if info is None:
+            v = rng.normal(size=size).astype(dtype)
+        elif trial == 0:  # the whole range, extremes included
+            v = rng.integers(info.min, info.max, size=size, endpoint=True).astype(dtype)
+        elif trial == 1:  # a narrow band, many ties
+            v = rng.integers(0, 7, size=size).astype(dtype)
+        else:  # a constant image
+            v = np.full(size, info.min if dtype.startswith("int") else 3, dtype)
+        qs = (0.0, 1.0, 2.5, 50.0, 99.8, 100.0)
+        expected = [float(x) for x in np.percentile(v.astype(np.float64), qs)]
+        got = percentiles(v.reshape(1, -1), qs)
+        assert got == expected, (dtype, size, trial)
+
+
+def test_statistics_of_a_uint16_volume_are_numpys(rng):
+    vol = rng.integers(0, 4096, size=(3, 50, 60)).astype(np.uint16)
+    stats = compute_stats(open_image(vol))
+    lo, hi = np.percentile(vol.astype(np.float64), [1.0, 99.8])
+    assert stats.exact and stats.low == (lo,) and stats.high == (hi,)

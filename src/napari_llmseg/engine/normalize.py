@@ -188,15 +188,58 @@ def compute_stats(
             per_channel[c].append(v)
     lows, highs, counts = [], [], []
     for values in per_channel:
-        v = np.concatenate(values) if values else np.empty(0)
-        if v.size > max_values and not exact:
-            v = v[:: math.ceil(v.size / max_values)]
-        counts.append(int(v.size))
-        if v.size == 0:
+        if not values or sum(x.size for x in values) == 0:
+            counts.append(0)
             lows.append(0.0)
             highs.append(1.0)
             continue
-        lo, hi = np.percentile(v.astype(np.float64), [p_low, p_high])
-        lows.append(float(lo))
-        highs.append(float(hi))
+        v = values[0] if len(values) == 1 else np.concatenate(values)  # no copy of one block
+        if v.size > max_values and not exact:
+            v = v[:: math.ceil(v.size / max_values)]
+        counts.append(int(v.size))
+        lo, hi = percentiles(v, (p_low, p_high))
+        lows.append(lo)
+        highs.append(hi)
     return IntensityStats(tuple(lows), tuple(highs), p_low, p_high, min(counts), exact)
+
+
+def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(values.astype(np.float64), qs)`` (its default, linear method), exactly.
+
+    For 8- and 16-bit integers (most microscopy, CT and aerial imagery) the order statistics
+    come from a histogram (``np.bincount``) instead of partitioning a float64 copy: several
+    times faster on a 2048 x 2048 uint16 image and without the copy's 32 MiB, which matters
+    because the statistics are computed before every run. The interpolation repeats numpy's
+    arithmetic, so the results are identical (tested against numpy).
+    """
+    v = values.reshape(-1)
+    if v.dtype.kind not in "iu" or v.dtype.itemsize > 2:
+        return [float(x) for x in np.percentile(v.astype(np.float64), qs)]
+    n = v.size
+    if v.dtype.kind == "i":  # order-preserving map onto unsigned integers of the same size
+        bits = 8 * v.dtype.itemsize
+        unsigned = np.dtype(f"u{v.dtype.itemsize}")
+        v, offset = v.view(unsigned) ^ unsigned.type(1 << (bits - 1)), -(1 << (bits - 1))
+    else:
+        offset = 0
+    # Counted a million values at a time: np.bincount converts its input to int64, and a
+    # smaller temporary stays on the heap instead of being mapped (and page-faulted) afresh.
+    counts = np.zeros(1 << (8 * v.dtype.itemsize), np.int64)
+    for i in range(0, n, 1 << 20):
+        counts += np.bincount(v[i : i + (1 << 20)], minlength=counts.size)
+    cumulative = np.cumsum(counts)
+
+    def order_statistic(k: int) -> float:  # the k-th smallest value (0-based)
+        return float(int(np.searchsorted(cumulative, k, side="right")) + offset)
+
+    out = []
+    for q in np.asarray(qs, dtype=np.float64) / 100:
+        virtual = (n - 1) * q  # numpy's linear method, step by step
+        below = float(np.floor(virtual))
+        lo_k = min(max(int(below), 0), n - 1)
+        hi_k = min(lo_k + 1, n - 1) if virtual < n - 1 else n - 1
+        a, b = order_statistic(lo_k), order_statistic(hi_k)
+        t = float(virtual - below)
+        diff = b - a
+        out.append(b - diff * (1 - t) if t >= 0.5 else a + diff * t)
+    return out

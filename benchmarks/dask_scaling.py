@@ -22,6 +22,9 @@ the output chunk edge (default: the engine's). For comparison (docs/scaling.md):
 `--dask-malloc` keeps Dask's MALLOC_TRIM_THRESHOLD_ setting in the workers; `--arenas N`
 gives them MALLOC_ARENA_MAX=N instead of our 1 (0: unset, glibc's default of 8 per core);
 `--dask-intervals` keeps Dask's 20 ms event-loop tick and 100 ms memory monitor.
+
+(Not named benchmarks/distributed.py: Python puts a script's folder first on sys.path, so a
+script of that name would import itself instead of Dask's `distributed` package.)
 """
 
 from __future__ import annotations

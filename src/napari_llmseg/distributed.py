@@ -274,8 +274,8 @@ def _prepare_worker(image: Any, out: str) -> str | None:
     task's arguments (prompt encodings are torch tensors) could be unpickled on the event
     loop while the worker's task thread imports torch to load the model: two threads
     importing torch at once made the unpickling fail (``KeyError: 'torch'``), which cut that
-    worker off from the scheduler and left the whole run to the others (seen on fresh
-    LocalClusters in about one run in six).
+    worker off from the scheduler and left the whole run to the others (2 of 10 fresh
+    2-worker LocalClusters in benchmarks/dask_scaling.py).
     """
     import torch  # noqa: F401
 
@@ -335,18 +335,14 @@ def run_distributed(
         client.submit(run_task, spec, r, image, model, pure=False, retries=3) for r, _ in work
     ]
 
-    all_done = threading.Event()
-    remaining = [len(futures)]
+    all_done = threading.Event()  # lets the polling loop below stop waiting at once
 
-    def count_done(_: Any) -> None:  # on the client's event loop thread
-        remaining[0] -= 1
-        if remaining[0] <= 0:
+    def wake_when_all_done(_: Any) -> None:  # on the client's event loop thread
+        if all(f.done() for f in futures):
             all_done.set()
 
     for fut in futures:
-        fut.add_done_callback(count_done)
-    if not futures:
-        all_done.set()
+        fut.add_done_callback(wake_when_all_done)
 
     def drain() -> int:
         moved = progress.get(batch=True)

@@ -103,7 +103,7 @@ def monai_run(image: np.ndarray, model, stats, encoded):
 def child(task: str, arg: str) -> dict:
     from napari_llmseg import get_model, segment
     from napari_llmseg.engine.normalize import compute_stats
-    from napari_llmseg.io.image import open_image
+    from napari_llmseg.io.open import open_image
 
     model = get_model("llmseg-tiny", device="cpu")
     model.encode_prompts(["nuclei"])  # load the text encoder before measuring the run
@@ -150,7 +150,7 @@ def run_child(task: str, arg: str) -> dict:
 def timing(size: int, repeats: int) -> dict:
     from napari_llmseg import get_model, segment
     from napari_llmseg.engine.normalize import compute_stats
-    from napari_llmseg.io.image import open_image
+    from napari_llmseg.io.open import open_image
 
     model = get_model("llmseg-tiny", device="cpu")
     image = tiled_plane(size)

@@ -45,7 +45,7 @@ def child(net: str, malloc: str, thread: str, batches: int) -> dict:
     from napari_llmseg import get_model
     from napari_llmseg.engine.allocator import run_allocator
     from napari_llmseg.engine.normalize import compute_stats
-    from napari_llmseg.io.image import open_image
+    from napari_llmseg.io.open import open_image
 
     torch.set_num_threads(1)
     model = get_model("llmseg-tiny", device="cpu")

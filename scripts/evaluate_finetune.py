@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from napari_llmseg import segment
-from napari_llmseg.finetune import finetune
-from napari_llmseg.training_data import load
+from napari_llmseg.training.data import load
+from napari_llmseg.training.finetune import finetune
 
 PAINTED = [24, 32, 40, 48, 56]
 EVALUATED = [z for z in range(18, 63) if z not in PAINTED]

@@ -30,7 +30,7 @@ import torch
 from skimage.filters import threshold_otsu
 
 from napari_llmseg import get_model, segment
-from napari_llmseg.training_data import landsat_bands, load, region
+from napari_llmseg.training.data import landsat_bands, load, region
 
 ROOT = Path(__file__).resolve().parents[1]
 

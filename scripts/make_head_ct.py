@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from napari_llmseg.training_data import cranium
+from napari_llmseg.training.data import cranium
 
 
 def save(path: Path, volume: np.ndarray, spacing_zyx: tuple[float, float, float]) -> None:

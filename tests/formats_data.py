@@ -51,7 +51,7 @@ def ndwi_mask(bands: np.ndarray) -> np.ndarray:
 def head_ct() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, np.ndarray]:
     """The invesalius head CT: (volume (Z, Y, X) int16 HU, spacing (Z, Y, X) mm, bone mask,
     soft tissue + bone mask), read in place from the installed Debian package."""
-    from napari_llmseg.training_data import cranium
+    from napari_llmseg.training.data import cranium
 
     need(HEAD_CT, "invesalius-examples")
     return cranium()

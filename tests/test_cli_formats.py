@@ -9,6 +9,7 @@ import pytest
 import rasterio
 
 from napari_llmseg.cli import main
+from napari_llmseg.measure import format_number, format_size
 from tests.formats_data import LANDSAT, MRI_T1, dicom_series, need
 
 
@@ -31,7 +32,11 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
         n = int((ds.read(1) == 1).sum())
         pixel = abs(ds.transform.a * ds.transform.e)
     area = n * pixel
-    assert lines[4] == f"water: {n} pixels ({100 * n / (352 * 349):.2f} %), {area:.6g} m^2"
+    assert lines[4].startswith(
+        f"water: {n:,} pixels ({100 * n / (352 * 349):.2f} % of the image) = "
+        f"{format_size(area, 'm^2')}, "
+    )
+    assert " ha (" in lines[4] and " km^2)" in lines[4]  # areas in hectares and km^2
     meta = pyogrio.read_info(vec)
     assert meta["crs"] == "EPSG:31985" and list(meta["fields"]) == ["label", "value", "area"]
     assert "segmenting" not in captured.err  # --quiet
@@ -50,9 +55,9 @@ def test_nifti_slab_with_a_ct_window_and_ml_summary(tmp_path, capsys):
     assert lines[0] == f"wrote {out}"
     img = nib.load(out)
     n = int((np.asarray(img.dataobj) == 1).sum())
-    assert lines[2] == (
-        f"tissue: {n} voxels ({100 * n / (96 * 96 * 2):.2f} %), {float(n):.6g} mm^3 = "
-        f"{n / 1000:.4g} mL"
+    assert lines[2].startswith(
+        f"tissue: {n:,} voxels ({100 * n / (96 * 96 * 2):.2f} % of the volume) = "
+        f"{format_number(n / 1000)} mL, "
     )
     assert np.array_equal(img.affine, nib.load(tmp_path / "slab.nii.gz").affine)
 
@@ -86,7 +91,7 @@ def test_vector_needs_2d_and_mixed_dicom_is_named(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "ct"), "-p", "x", "-o", str(tmp_path / "o.nii.gz"),
                  "--vector", str(tmp_path / "o.gpkg")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "--vector needs a 2D image; " in err and "(3, 128, 128)" in err
+    assert code == 2 and "o.gpkg') needs a 2D image; " in err and "(3, 128, 128)" in err
     dicom_series(tmp_path / "mr", n=2, template="MR_small.dcm", series_uid="1.2.3.5")
     for f in (tmp_path / "mr").iterdir():
         f.rename(tmp_path / "ct" / f"mr_{f.name}")

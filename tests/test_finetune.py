@@ -10,7 +10,7 @@ import pytest
 
 from napari_llmseg import get_model, segment
 from napari_llmseg.cli import main
-from napari_llmseg.finetune import RECORD_FILE, finetune, parse_slices
+from napari_llmseg.training.finetune import RECORD_FILE, finetune, parse_slices
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -21,7 +21,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def cerebellum():
     """The ch2 T1 MRI and the cerebellum of the AAL atlas on the same grid, as (Z, Y, X)."""
-    from napari_llmseg.training_data import load
+    from napari_llmseg.training.data import load
 
     t1, masks = load("t1-mri-cerebellum")
     return t1, masks["cerebellum"]
@@ -90,7 +90,8 @@ def test_only_the_decoder_and_text_conditioning_train(rng, tmp_path):
         ({"slices": "5:9"}, "select no plane"),
         ({"slices": "0:1"}, r"labels in slices 0:1 are empty"),
         ({"epochs": 0}, "epochs must be at least 1"),
-        ({"base": "sam3"}, "fine-tuning supports the llmseg-tiny and clipseg"),
+        ({"base": "sam3"}, "the sam3 backend cannot be fine-tuned; fine-tuning supports "
+                           "llmseg-tiny, clipseg"),
         ({"base": "/no/such/model"}, "no/such/model"),
     ],
 )
@@ -156,7 +157,7 @@ def test_cli_train_then_segment(rng, tmp_path, capsys):
 
 def test_train_from_config_records_its_data(tmp_path):
     """The from-scratch training path on one real dataset, a few steps."""
-    from napari_llmseg.train import train_from_config
+    from napari_llmseg.training.train import train_from_config
 
     config = json.loads((Path(__file__).parents[1] / "configs/llmseg-tiny.json").read_text())
     config["datasets"] = [d for d in config["datasets"] if d["name"] == "nuclei-2d"]

@@ -31,9 +31,10 @@ def test_counts_sizes_and_intensity_in_physical_units(labelled):
     assert (m3.voxels, m3.objects, m3.mean_intensity) == (0, 0, None)
     text = report([m1, m2, m3], ndim=3)
     assert text.splitlines()[0] == (
-        "nuclei: 2 objects, median volume 45.5 um^3, 7.6 % of the volume, mean intensity 100"
+        "nuclei: 182 voxels (7.58 % of the volume) = 91 um^3, 2 objects (median 45.5 um^3), "
+        "mean intensity 100"
     )
-    assert text.splitlines()[2] == "giraffe: 0 objects, 0.0 % of the volume"
+    assert text.splitlines()[2] == "giraffe: 0 voxels (0.00 % of the volume) = 0 um^3, 0 objects"
 
 
 def test_pixels_without_units_and_zarr_input(labelled, tmp_path):
@@ -50,7 +51,10 @@ def test_large_results_skip_object_counts_honestly(labelled):
     lab, _ = labelled
     (m,) = measure(lab, {1: "nuclei"}, max_label_voxels=100)
     assert m.objects is None and m.voxels == 182
-    assert "objects not counted: too large" in report([m])
+    assert report([m]) == (
+        "nuclei: 182 voxels (7.58 % of the volume), objects not counted: too large (use "
+        "instances=True / --instances)"
+    )
 
 
 def test_csv(labelled, tmp_path):
@@ -83,3 +87,21 @@ def test_objects_measured_per_id_with_centroids(labelled):
         lab, {1: "nuclei", 2: "membrane"}, objects=objs, scale=(2.0, 0.5, 0.5), units=("um",) * 3
     )
     assert [m.objects for m in per_class] == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("size", "unit", "text"),
+    [
+        (1_737_193.0, "mm^3", "1,737 mL"),  # CT/MRI volumes in millilitres
+        (2.0, "mm^3", "2 mm^3"),  # small objects stay in mm^3
+        (14_704_200.0, "m^2", "1,470 ha (14.7 km^2)"),  # GIS areas in hectares and km^2
+        (2_440.0, "m^2", "0.244 ha"),
+        (500.0, "m^2", "500 m^2"),
+        (45.5, "um^3", "45.5 um^3"),
+        (0.00012, "um^2", "0.00012 um^2"),  # never scientific notation
+    ],
+)
+def test_sizes_in_the_units_users_read(size, unit, text):
+    from napari_llmseg.measure import format_size
+
+    assert format_size(size, unit) == text

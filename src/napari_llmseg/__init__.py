@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "SegmentOptions",
     "SegmentationResult",
     "__version__",
     "get_model",
@@ -24,17 +25,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import SegmentationResult, iter_segment, segment
+    from .api import iter_segment, segment
     from .backends.registry import get_model, list_models
-    from .io.image import open_image
+    from .io.open import open_image
+    from .options import SegmentOptions
+    from .results import SegmentationResult
 
 _LAZY = {
     "segment": ".api",
     "iter_segment": ".api",
-    "SegmentationResult": ".api",
+    "SegmentationResult": ".results",
+    "SegmentOptions": ".options",
     "get_model": ".backends.registry",
     "list_models": ".backends.registry",
-    "open_image": ".io.image",
+    "open_image": ".io.open",
 }
 
 

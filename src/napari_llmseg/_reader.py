@@ -1,4 +1,4 @@
-"""napari readers: zarr/OME-Zarr stores, GeoTIFF, NIfTI (glue only; the work is in io/)."""
+"""napari readers: zarr/OME-Zarr stores, GeoTIFF, NIfTI (glue only: io/ reads, _layers builds)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
 
 
 def read_zarr(path: str | list[str]) -> list[tuple]:
-    from .io.ome import read_store
+    from ._layers import zarr_layers
 
     if isinstance(path, list):
         path = path[0]
-    return read_store(path)
+    return zarr_layers(path)
 
 
 def get_geotiff_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
@@ -46,11 +46,11 @@ def get_geotiff_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | 
 
 
 def read_geotiff(path: str | list[str]) -> list[tuple]:
-    from .io.geotiff import read_layers
+    from ._layers import geotiff_layers
 
     if isinstance(path, list):
         path = path[0]
-    return read_layers(path)
+    return geotiff_layers(path)
 
 
 def get_nifti_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
@@ -66,8 +66,8 @@ def get_nifti_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | No
 
 
 def read_nifti(path: str | list[str]) -> list[tuple]:
-    from .io.medical import read_layers
+    from ._layers import nifti_layers
 
     if isinstance(path, list):
         path = path[0]
-    return read_layers(path)
+    return nifti_layers(path)

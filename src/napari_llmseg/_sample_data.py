@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
-
-def sample_path(name: str) -> Path:
-    """Path of a bundled sample file (inside the wheel, or sample_data/ in a source checkout)."""
-    packaged = Path(str(files("napari_llmseg"))) / "sample_data" / name
-    if packaged.is_file():
-        return packaged
-    source = Path(__file__).resolve().parents[2] / "sample_data" / name
-    if source.is_file():
-        return source
-    raise FileNotFoundError(f"sample file {name!r} is missing from this installation")
+from .training.data import sample_path
 
 
 def nuclei_sample() -> list[tuple]:

@@ -35,6 +35,8 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from .options import SegmentOptions
+
 if TYPE_CHECKING:
     import napari
 
@@ -116,7 +118,7 @@ class SegmentWidget(Container):
     def _prompt_list(self) -> list[str]:
         return [line.strip() for line in str(self.prompts.value).splitlines() if line.strip()]
 
-    def _backend(self, spec: str, device: str) -> Any:
+    def _backend(self, spec: Any, device: str) -> Any:
         """Load a model once per (model, device) and keep it for later runs."""
         from .backends.registry import get_model
 
@@ -146,23 +148,31 @@ class SegmentWidget(Container):
             folder = Path(tempfile.gettempdir()) / "napari-llmseg"
             folder.mkdir(exist_ok=True)
             out_path = folder / f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        try:
+            options = SegmentOptions(
+                model=self._model_spec(),
+                roi_size=int(self.roi_size.value),
+                overlap=float(self.overlap.value),
+                threshold=float(self.threshold.value),
+                device=str(self.device.value),
+                channel_axis=channel_axis,
+                out=out_path,
+                instances="instances" in self.output.value,
+                split=bool(self.split.value),
+                min_size=_size_value(str(self.min_size.value)),
+                fill_holes=bool(self.fill_holes.value),
+                smooth=int(self.smooth.value),
+            )
+        except (TypeError, ValueError) as err:
+            show_error(f"napari-llmseg: {err}")
+            return
+        units = tuple(str(u) for u in getattr(layer, "units", ())[-spatial:]) or None
         params = {
             "prompts": self._prompt_list(),
-            "model": self._model_spec(),
-            "roi_size": int(self.roi_size.value),
-            "overlap": float(self.overlap.value),
-            "threshold": float(self.threshold.value),
-            "device": str(self.device.value),
-            "channel_axis": channel_axis,
-            "out": out_path,
+            "options": options,
             "scale": tuple(float(s) for s in layer.scale[-spatial:]),
-            "units": tuple(str(u) for u in getattr(layer, "units", ())[-spatial:]) or None,
+            "units": units,
             "name": layer.name,
-            "instances": "instances" in self.output.value,
-            "split": bool(self.split.value),
-            "min_size": _size_value(str(self.min_size.value)),
-            "fill_holes": bool(self.fill_holes.value),
-            "smooth": int(self.smooth.value),
         }
         self._cancel = threading.Event()
         worker = create_worker(
@@ -186,40 +196,27 @@ class SegmentWidget(Container):
 
     def _work(self, data: Any, params: dict, cancel: threading.Event):
         """Runs on the worker thread: the core generator, then measurements."""
-        from .api import iter_segment
-        from .io.image import ImageSource
-        from .measure import measure, measure_objects, report
+        import dataclasses
 
+        from .api import iter_segment
+        from .io.source import ImageSource
+        from .measure import report
+
+        options = params["options"]
         physical = {"scale": params["scale"]}
         if params["units"] and not any(u in ("pixel", "px", "") for u in params["units"]):
             physical["units"] = params["units"]
-        source = ImageSource(data, params["channel_axis"], name=params["name"], metadata=physical)
-
-        backend = self._backend(params["model"], params["device"])
-        result = yield from iter_segment(
-            source,
-            params["prompts"],
-            model=backend,
-            roi_size=params["roi_size"],
-            overlap=params["overlap"],
-            threshold=params["threshold"],
-            device=params["device"],
-            channel_axis=params["channel_axis"],
-            out=params["out"],
-            cancel=cancel,
-            instances=params["instances"],
-            split=params["split"],
-            min_size=params["min_size"],
-            fill_holes=params["fill_holes"],
-            smooth=params["smooth"],
+        source = ImageSource(
+            data, options.channel_axis, name=params["name"], metadata=physical
         )
+        backend = self._backend(options.model, options.device)
+        options = dataclasses.replace(options, model=backend)
+        result = yield from iter_segment(source, params["prompts"], options=options,
+                                         cancel=cancel)  # fmt: skip
         if not result.complete:
             return result, [], ""
-        where = {"image": data, "scale": params["scale"], "units": params["units"]}
-        objects = None
-        if result.instances is not None:
-            objects = measure_objects(result.instances, result.instance_classes, **where)
-        found = measure(result.labels, result.label_names, objects=objects, **where)
+        objects = result.object_measurements(image=data)
+        found = result.measurements(image=data, objects=objects)
         text = report(found, ndim=len(result.labels.shape))
         return result, objects if objects is not None else found, text
 
@@ -273,48 +270,21 @@ class SegmentWidget(Container):
         show_info(f"napari-llmseg: {text}{where}")
 
     def _add_layers(self, result: Any, layer: Any) -> None:
-        from .io.ome import label_color
+        from napari.layers import Layer
+
+        from ._layers import result_layers
 
         spatial = len(result.labels.shape)
-        common = {
-            "scale": tuple(layer.scale[-spatial:]),
-            "translate": tuple(layer.translate[-spatial:]),
-        }
-        ids = [0, *sorted(result.label_names)]
-        features = {
-            "index": ids,
-            "prompt": ["background"] + [result.label_names[i] for i in ids[1:]],
-        }
-        colormap = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
-        colormap.update({i: tuple(c / 255 for c in label_color(i)) for i in ids[1:]})
-        wanted = set(self.output.value)
-        metadata = {
-            "napari_llmseg": dict(result.metadata),
-            "store": str(result.out) if result.out else None,
-        }
-        if "labels" in wanted or not wanted:
-            self._viewer.add_labels(
-                result.labels, name=f"{layer.name} labels", features=features, colormap=colormap,
-                metadata=metadata, **common,
-            )  # fmt: skip
-        if result.instances is not None:
-            self._viewer.add_labels(
-                result.instances, name=f"{layer.name} instances", metadata=metadata,
-                features={"index": [0, *result.instance_classes],
-                          "prompt": ["background", *result.instance_classes.values()]},
-                **common,
-            )  # fmt: skip
-        if "probabilities" in wanted:
-            for i, prompt in result.label_names.items():
-                self._viewer.add_image(
-                    _plane(result.probabilities, i - 1), name=f"{prompt} probability",
-                    colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **common,
-                )  # fmt: skip
-        if "uncertainty" in wanted:
-            self._viewer.add_image(
-                uncertainty(result.probabilities), name=f"{layer.name} uncertainty",
-                colormap="viridis", contrast_limits=(0.0, 1.0), **common,
-            )  # fmt: skip
+        wanted = set(self.output.value) or {"labels"}
+        units = getattr(layer, "units", None)
+        layers = result_layers(
+            result, name=layer.name, outputs=wanted,
+            scale=tuple(layer.scale[-spatial:]), translate=tuple(layer.translate[-spatial:]),
+            units=tuple(str(u) for u in units[-spatial:]) if units is not None else None,
+            uncertainty=uncertainty(result.probabilities) if "uncertainty" in wanted else None,
+        )  # fmt: skip
+        for data, kwargs, kind in layers:
+            self._viewer.add_layer(Layer.create(data, kwargs, kind))
 
     def _on_export(self) -> None:
         from napari.utils.notifications import show_error, show_info
@@ -359,14 +329,6 @@ def _table(found: list) -> dict[str, list]:
         "% of image": [round(100 * m.fraction, 2) for m in found],
         "mean intensity": [fmt(m.mean_intensity) for m in found],
     }
-
-
-def _plane(probabilities: Any, index: int) -> Any:
-    if isinstance(probabilities, np.ndarray):
-        return probabilities[index]
-    import dask.array as da
-
-    return da.from_array(probabilities, chunks=probabilities.chunks)[index]
 
 
 def uncertainty(probabilities: Any) -> Any:

@@ -21,7 +21,7 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """Write ``data`` as ``path/labels/{layer name}`` with the class names as properties."""
     import numpy as np
 
-    from .io.ome import write_labels_store
+    from .io.write import write_labels as write_file
 
     names = _label_names(attributes)
     if not names:
@@ -30,13 +30,7 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     out = Path(path)
     if out.suffix.lower() != ".zarr":
         out = out.with_suffix(".zarr")
-    write_labels_store(
-        out,
-        data,
-        name=attributes.get("name", "labels"),
-        label_names=names,
-        scale=attributes.get("scale"),
-        translate=attributes.get("translate"),
-        units=attributes.get("units"),
-    )
+    geometry = {key: attributes.get(key) for key in ("scale", "translate", "units")}
+    write_file(out, data, label_names=names, geometry=geometry,
+               name=attributes.get("name", "labels"))  # fmt: skip
     return [str(out)]

@@ -10,9 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backends.hf import WeightsUnavailableError
 from .io._optional import MissingExtraError
+
+if TYPE_CHECKING:
+    from .options import SegmentOptions
 
 #: Errors that mean "the user gave something we cannot use": reported in one line, exit 2.
 #: WeightsUnavailableError (weights not cached and not fetchable) says how to get them.
@@ -207,7 +211,7 @@ def _train(args: argparse.Namespace) -> int:
         given = [f"--{n}" for n in ("image", "labels", "prompt") if getattr(args, n)]
         if given:
             raise ValueError(f"--config trains from scratch; it does not take {', '.join(given)}")
-        from .train import train_from_config
+        from .training.train import train_from_config
 
         train_from_config(args.config, Path(args.out), steps=args.steps, overwrite=args.overwrite)
         return 0
@@ -218,7 +222,7 @@ def _train(args: argparse.Namespace) -> int:
         )
     from tqdm import tqdm
 
-    from .finetune import finetune
+    from .training.finetune import finetune
 
     bar = None if args.quiet else tqdm(total=args.epochs, unit="epoch", desc="fine-tuning")
 
@@ -256,6 +260,37 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def segment_options(args: argparse.Namespace) -> SegmentOptions:
+    """The run's options from ``napari-llmseg segment`` arguments (checked on creation)."""
+    from .options import SegmentOptions
+
+    return SegmentOptions(
+        model=args.model,
+        roi_size=args.roi,
+        overlap=args.overlap,
+        batch_size=args.batch,
+        blend=args.blend,
+        threshold=args.threshold,
+        device=args.device,
+        channel_axis=args.channel_axis,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        chunks=args.chunks,
+        instances=args.instances,
+        split=args.split,
+        min_size=_size(args.min_size),
+        fill_holes=args.fill_holes,
+        smooth=args.smooth,
+        scheduler=(f"local:{args.workers}" if args.workers is not None else args.scheduler),
+        bands=args.bands,
+        window=args.window,
+        probabilities=args.probabilities,
+        vector=args.vector,
+        simplify=args.simplify,
+    )
+
+
 def _segment(args: argparse.Namespace) -> int:
     import threading
 
@@ -263,6 +298,11 @@ def _segment(args: argparse.Namespace) -> int:
 
     from .api import segment
 
+    if args.simplify is not None and args.vector is None:
+        raise ValueError("--simplify applies to --vector output; add --vector out.gpkg")
+    if args.simplify is not None and not args.simplify >= 0:
+        raise ValueError(f"--simplify must be a tolerance >= 0 in CRS units, got {args.simplify}")
+    options = segment_options(args)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -275,41 +315,10 @@ def _segment(args: argparse.Namespace) -> int:
             )
         bar.update(done - bar.n)
 
-    if args.simplify is not None and args.vector is None:
-        raise ValueError("--simplify applies to --vector output; add --vector out.gpkg")
-    if args.simplify is not None and not args.simplify >= 0:
-        raise ValueError(f"--simplify must be a tolerance >= 0 in CRS units, got {args.simplify}")
-    if args.vector is not None:
-        _check_vector(args)
     cancel = threading.Event()
     try:
-        result = segment(
-            args.input,
-            args.prompts,
-            model=args.model,
-            roi_size=args.roi,
-            overlap=args.overlap,
-            batch_size=args.batch,
-            blend=args.blend,
-            threshold=args.threshold,
-            device=args.device,
-            channel_axis=args.channel_axis,
-            out=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=progress,
-            cancel=cancel,
-            chunks=args.chunks,
-            instances=args.instances,
-            split=args.split,
-            min_size=_size(args.min_size),
-            fill_holes=args.fill_holes,
-            smooth=args.smooth,
-            scheduler=(f"local:{args.workers}" if args.workers is not None else args.scheduler),
-            bands=args.bands,
-            window=args.window,
-            probabilities=args.probabilities,
-        )
+        result = segment(args.input, args.prompts, options=options, progress=progress,
+                         cancel=cancel)  # fmt: skip
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -324,25 +333,9 @@ def _segment(args: argparse.Namespace) -> int:
             bar.close()
     for path in result.files:
         print(f"wrote {path}")
-    if args.vector is not None:
-        from .io.vector import write_vector
-
-        meta = result.metadata.get("source_metadata", {})
-        target = Path(args.vector)
-        if not target.exists() or args.overwrite:  # after --resume it was written already
-            write_vector(
-                target,
-                result.labels,
-                result.label_names,
-                transform=meta.get("transform"),
-                crs_wkt=meta.get("crs_wkt"),
-                simplify=args.simplify,
-                overwrite=args.overwrite,
-            )
-            print(f"wrote {target}")
-    if result.files or args.out != str(result.out):
+    if result.out is not None and result.out != options.out:
         print(f"working store {result.out} (what --resume completes; delete it when done)")
-    else:
+    elif result.out is not None:
         print(f"wrote {result.out}")
     for line in result.summary():
         print(line)
@@ -352,22 +345,6 @@ def _segment(args: argparse.Namespace) -> int:
             f"{result.info.batch_size_used} windows at once"
         )
     return 0
-
-
-def _check_vector(args: argparse.Namespace) -> None:
-    """Refuse an unusable --vector before the run rather than after it."""
-    from .io.image import open_image
-    from .io.vector import check_vector_target
-
-    target = Path(args.vector)
-    check_vector_target(target, overwrite=args.overwrite or args.resume)
-    if target.exists() and args.resume and not args.overwrite:
-        return  # written by the run being resumed
-    source = open_image(args.input, channel_axis=args.channel_axis, bands=args.bands)
-    if len(source.spatial_shape) != 2:
-        raise ValueError(
-            f"--vector needs a 2D image; '{args.input}' has spatial shape {source.spatial_shape}"
-        )
 
 
 def _models() -> int:

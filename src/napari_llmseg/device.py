@@ -1,10 +1,12 @@
-"""Choosing the torch device a model runs on."""
+"""Choosing the torch device a model runs on (torch is imported on first use)."""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -15,6 +17,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     ``"auto"`` (or None) picks CUDA, then Apple's MPS, then the CPU. Asking for a device that
     this machine does not have raises a ValueError that says what is available.
     """
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     device = "auto" if device is None else str(device).strip().lower()
@@ -52,6 +56,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def available_devices() -> list[str]:
     """Devices this machine offers, best first."""
+    import torch
+
     out = []
     if torch.cuda.is_available():
         out += [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -51,30 +51,17 @@ class TaskSpec:
     bands: Any = None  # band selection of a (Geo)TIFF path, opened again on each worker
 
 
-#: Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers. Setting it switches off
-#: glibc's adaptive mmap threshold, so every large temporary array (windows, logits, blended
-#: chunks) is a fresh mmap whose pages the kernel must zero: a one-worker run took more than
-#: twice as long, most of it in the kernel (benchmarks/dask_scaling.py --dask-malloc, figures
-#: in docs/benchmarks.md). Our own local clusters leave glibc at its default; see
-#: docs/scaling.md for other clusters.
+#: Dask's nanny exports this (65536) to its workers, which makes glibc map and zero every
+#: large temporary array afresh; our local clusters drop it (figures: docs/benchmarks.md,
+#: "Distributed"; advice for other clusters: docs/scaling.md).
 TRIM = "MALLOC_TRIM_THRESHOLD_"
-#: Tasks run on a worker's executor thread, whose malloc arena is a thread arena: glibc frees
-#: its 64 MiB heaps whenever they empty, whatever the trim threshold (engine/allocator.py only
-#: holds the main arena's memory), so batches fault their buffers in again. One arena puts
-#: every thread on the main heap (benchmarks/dask_scaling.py --arenas 0 for comparison,
-#: figures in docs/benchmarks.md).
+#: One malloc arena per worker: tasks run on an executor thread whose own arena would give
+#: its emptied heaps back to the kernel after every batch (docs/benchmarks.md).
 ARENAS = "MALLOC_ARENA_MAX"
-#: Dask configuration our own local clusters start with. Besides the malloc settings above:
-#: Dask's statistical profiler is off (it samples every thread's stack every 10 ms for a
-#: dashboard these clusters do not start), and the event loops' health tick (20 ms) and the
-#: memory monitor (100 ms) run every 500 ms. Each wake-up of a worker's event loop can
-#: preempt a model thread when there is one core per worker: in a 2-worker run of
-#: benchmarks/dask_scaling.py each model thread was preempted about 1,800 times with Dask's
-#: defaults and 1,100 with these, and each worker's event loop used 0.14 CPU-s instead of
-#: 0.05 (ad hoc, from /proc/<pid>/task/<tid>/status and schedstat; the speed-ups with and
-#: without are in docs/benchmarks.md). Both only lower how often Dask looks: a blocked event
-#: loop is still reported, and a worker over its memory limit still paused or restarted,
-#: within 0.5 s.
+#: Dask configuration our own local clusters start with: the malloc settings above, no
+#: statistical profiler (it samples every thread for a dashboard nobody starts) and event-loop
+#: ticks every 500 ms instead of 20/100 ms, so that they preempt the model threads less
+#: (docs/benchmarks.md measures each).
 WORKER_CONFIG = {
     f"distributed.nanny.pre-spawn-environ.{TRIM}": None,
     f"distributed.nanny.pre-spawn-environ.{ARENAS}": 1,
@@ -228,12 +215,12 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
 
     from distributed import Queue, get_worker
 
-    from .api import _BackendPredictor, _CallablePredictor
     from .engine.normalize import IntensityStats
-    from .engine.resume import OutputStore
-    from .engine.stream import run
+    from .engine.predictor import make_predictor
+    from .engine.store import OutputStore
+    from .engine.stream import drain, run
     from .engine.windows import importance_map
-    from .io.image import open_image
+    from .io.open import open_image
 
     torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
     source = open_image(image, channel_axis=spec.channel_axis, bands=spec.bands)
@@ -241,41 +228,37 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     done = np.ones(spec.plan.grid, dtype=bool)
     done[region] = store.done_grid()[region]  # everything outside the task counts as done
     stats = IntensityStats.from_dict(spec.stats)
-    model = _worker_model(model, spec.device)
-    if not hasattr(model, "encode_prompts"):
-        predictor: Any = _CallablePredictor(model, spec.prompts, source.n_channels, "cpu")
-    else:
-        predictor = _BackendPredictor(model, spec.prompts, stats, encoded=spec.encoded)
-    progress = Queue(f"{spec.run_id}-progress")
-    gen = run(
-        source, predictor, spec.plan, store,
-        weights=importance_map(spec.plan.roi, spec.blend), batch_size=spec.batch_size,
-        threshold=spec.threshold, done=done, cancel=_DistributedEvent(f"{spec.run_id}-cancel"),
+    predictor = make_predictor(
+        _worker_model(model, spec.device), spec.prompts, stats=stats,
+        n_channels=source.n_channels, encoded=spec.encoded,
     )  # fmt: skip
-    reported, reported_at = 0, time.monotonic()
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            info = stop.value
-            break
-        if step.done > reported and time.monotonic() - reported_at >= REPORT_INTERVAL:
-            progress.put(step.done - reported)
-            reported, reported_at = step.done, time.monotonic()
-    if info.windows > reported:
-        progress.put(info.windows - reported)
+    progress = Queue(f"{spec.run_id}-progress")
+    reported = [0, time.monotonic()]  # windows reported, when
+
+    def report(step: Progress) -> None:
+        if step.done > reported[0] and time.monotonic() - reported[1] >= REPORT_INTERVAL:
+            progress.put(step.done - reported[0])
+            reported[:] = [step.done, time.monotonic()]
+
+    info = drain(
+        run(
+            source, predictor, spec.plan, store,
+            weights=importance_map(spec.plan.roi, spec.blend), batch_size=spec.batch_size,
+            threshold=spec.threshold, done=done, cancel=_DistributedEvent(f"{spec.run_id}-cancel"),
+        ),
+        report,
+    )  # fmt: skip
+    if info.windows > reported[0]:
+        progress.put(info.windows - reported[0])
     return {"windows": info.windows, "chunks": info.chunks_written, "cancelled": info.cancelled}
 
 
 def _prepare_worker(image: Any, out: str) -> str | None:
     """Runs on every worker before any task: can it read the input and write the output?
 
-    It also imports torch, first thing, on the worker's event loop. Otherwise the first
-    task's arguments (prompt encodings are torch tensors) could be unpickled on the event
-    loop while the worker's task thread imports torch to load the model: two threads
-    importing torch at once made the unpickling fail (``KeyError: 'torch'``), which cut that
-    worker off from the scheduler and left the whole run to the others (2 of 10 fresh
-    2-worker LocalClusters in benchmarks/dask_scaling.py).
+    It also imports torch first thing, on the worker's event loop: a task's arguments (torch
+    tensors) unpickled there while the task thread imports torch could fail with
+    ``KeyError: 'torch'`` and cut the worker off (docs/benchmarks.md, "Distributed").
     """
     import torch  # noqa: F401
 
@@ -382,3 +365,50 @@ def run_distributed(
             client.cancel(unfinished)
     info.seconds = time.perf_counter() - t0
     return info
+
+
+def run_on_cluster(
+    run: Any, predictor: Any, stats: Any, store: Any, done: np.ndarray | None, cancel: Any
+) -> Generator[Progress, None, RunInfo]:
+    """Hand a planned run (:class:`napari_llmseg.api.RunPlan`) to Dask workers.
+
+    Paths are opened by each worker; arrays, callables and backend objects travel once per
+    worker (scatter); a model named by registry name or folder is loaded on every worker.
+    """
+    import uuid
+
+    client, owned = parse_scheduler(run.options.scheduler)
+    try:
+        source, model = run.source, run.options.model
+        if source.path is not None:
+            image_arg: Any = str(source.path)
+            axis = run.options.channel_axis
+        else:
+            image_arg = client.scatter(source.array, broadcast=True)
+            axis = source.channel_axis
+        if model is None or isinstance(model, (str, Path)):
+            model_arg: Any = None if model is None else str(model)
+        else:
+            model_arg = client.scatter(run.model, broadcast=True)
+        spec = TaskSpec(
+            channel_axis=axis,
+            device=str(run.device),
+            prompts=run.prompts,
+            encoded=getattr(predictor, "encoded", None),
+            stats=stats.to_dict(),
+            plan=run.plan,
+            blend=run.options.blend,
+            batch_size=run.options.batch_size,
+            threshold=run.options.threshold,
+            out=str(store.path),
+            run_id=f"llmseg-{uuid.uuid4().hex}",
+            bands=run.options.bands if source.path is not None else None,
+        )
+        return (
+            yield from run_distributed(client, spec, image_arg, model_arg, done, cancel, source)
+        )
+    finally:
+        if owned:
+            client.close()
+            if client.cluster is not None:
+                client.cluster.close()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 #: Largest label array whose objects are counted in memory.
-MAX_LABEL_VOXELS = 256 * 1024**2
+MAX_LABEL_VOXELS = 64 * 1024**2
 
 
 @dataclass
@@ -250,27 +250,54 @@ def measure(
     return out
 
 
+def format_number(value: float) -> str:
+    """A number for people: thousands separators, about four significant digits, never
+    scientific notation (``1,737``, ``24.4``, ``0.0031``)."""
+    v = float(value)
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    magnitude = math.floor(math.log10(abs(v)))
+    decimals = max(0, 3 - magnitude)
+    text = f"{v:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_size(size: float, unit: str) -> str:
+    """A physical size in the unit its users read: mL for volumes in mm^3, cm^3 or m^3 (mm^3
+    below 0.1 mL); hectares or km^2 for areas in m^2 (m^2 below 0.1 ha); otherwise ``unit``."""
+    ml = millilitres(size, unit)
+    if ml is not None and (ml >= 0.1 or unit != "mm^3"):
+        return f"{format_number(ml)} mL"
+    if unit == "m^2" and size >= 1e3:
+        if size >= 1e6:
+            return f"{format_number(size / 1e4)} ha ({format_number(size / 1e6)} km^2)"
+        return f"{format_number(size / 1e4)} ha"
+    if unit == "km^2":
+        return f"{format_number(size * 100)} ha" if size < 1 else f"{format_number(size)} km^2"
+    return f"{format_number(size)} {unit}"
+
+
 def report(measurements: Sequence[ClassMeasurement], *, ndim: int = 3) -> str:
-    """One line per prompt, e.g. ``nuclei: 20 objects, median volume 1.4e+04 voxel, 17.7 %``."""
-    word = "volume" if ndim == 3 else "area"
+    """One line per prompt, e.g. ``brain: 1,737,193 voxels (24.44 % of the volume) =
+    1,737 mL, 99 objects (median 2 mm^3)``."""
+    what, word = ("volume", "voxels") if ndim == 3 else ("image", "pixels")
     lines = []
     for m in measurements:
-        parts = []
-        if m.objects is not None:
-            parts.append(f"{m.objects} object{'s' if m.objects != 1 else ''}")
-            if m.median_object_size is not None:
-                parts.append(f"median {word} {m.median_object_size:.3g} {m.unit}")
-            ml = millilitres(m.size, m.unit)
-            if ml is not None:
-                parts.append(f"total {word} {m.size:.4g} {m.unit} = {ml:.4g} mL")
+        line = f"{m.prompt}: {m.voxels:,} {word} ({100 * m.fraction:.2f} % of the {what})"
+        physical = m.unit not in ("px", "voxel")
+        if physical:
+            line += f" = {format_size(m.size, m.unit)}"
+        if m.objects is None:
+            line += ", objects not counted: too large (use instances=True / --instances)"
         else:
-            ml = millilitres(m.size, m.unit)
-            total = f"{m.size:.3g} {m.unit}" + (f" = {ml:.4g} mL" if ml is not None else "")
-            parts.append(f"total {word} {total} (objects not counted: too large)")
-        parts.append(f"{100 * m.fraction:.1f} % of the {'volume' if ndim == 3 else 'image'}")
+            line += f", {m.objects:,} object{'s' if m.objects != 1 else ''}"
+            if m.median_object_size is not None and m.objects:
+                median = (format_size(m.median_object_size, m.unit) if physical
+                          else f"{format_number(m.median_object_size)} {word}")  # fmt: skip
+                line += f" (median {median})"
         if m.mean_intensity is not None:
-            parts.append(f"mean intensity {m.mean_intensity:.4g}")
-        lines.append(f"{m.prompt}: " + ", ".join(parts))
+            line += f", mean intensity {format_number(m.mean_intensity)}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_llmseg.backends.registry import CLIPSEG_ID
+from napari_llmseg.backends.clipseg import DEFAULT_ID as CLIPSEG_ID
 from napari_llmseg.cli import main
 
 from .conftest import put_in_cache

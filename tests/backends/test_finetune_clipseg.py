@@ -9,7 +9,7 @@ import pytest
 
 from napari_llmseg import get_model, segment
 from napari_llmseg.backends.clipseg import CLIPSegBackend
-from napari_llmseg.finetune import RECORD_FILE, finetune
+from napari_llmseg.training.finetune import RECORD_FILE, finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,6 +14,7 @@ import torch
 
 from napari_llmseg import get_model, segment
 from napari_llmseg.backends import hf
+from napari_llmseg.backends.clipseg import DEFAULT_ID as CLIPSEG_ID
 from napari_llmseg.backends.clipseg import CLIPSegBackend
 from napari_llmseg.backends.hf import (
     ALLOW_PATTERNS,
@@ -23,7 +24,6 @@ from napari_llmseg.backends.hf import (
     resolve_source,
     run_in_chunks,
 )
-from napari_llmseg.backends.registry import CLIPSEG_ID
 from napari_llmseg.engine.normalize import IntensityStats
 
 from .conftest import put_in_cache

@@ -13,13 +13,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_builtin_names_and_infos(hf_cache):
-    assert list_models()[:4] == ["llmseg-tiny", "clipseg", "sam3", "grounded-sam"]
+    assert list_models()[:4] == ["llmseg-tiny", "clipseg", "grounded-sam", "sam3"]
     assert model_info("clipseg") == ModelInfo(
         "clipseg",
         "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6",
         False,
         False,
         "CLIPSeg: fast, coarse semantic masks (Apache-2.0)",
+        can_finetune=True,
     )
     sam3 = model_info("sam3")
     assert (sam3.default_id, sam3.gives_instances, sam3.available_offline) == (
@@ -78,9 +79,28 @@ def test_entry_point_backends(monkeypatch):
         return Plugin()
 
     ep = SimpleNamespace(name="myseg", value="myseg_pkg:load", load=lambda: load)
-    monkeypatch.setattr(registry, "_plugins", lambda: {"myseg": ep})
-    assert list_models() == ["llmseg-tiny", "clipseg", "sam3", "grounded-sam", "myseg"]
+    ours = registry._entry_points()
+    monkeypatch.setattr(registry, "_entry_points", lambda: {**ours, "myseg": ep})
+    registry.backend_spec.cache_clear()
+    assert list_models() == ["llmseg-tiny", "clipseg", "grounded-sam", "sam3", "myseg"]
     assert isinstance(get_model("myseg:some/weights", device="cpu", dtype="bf16"), Plugin)
     assert get_model("myseg", device="cpu").name == "myseg"
     assert calls == [("some/weights", "cpu", "bf16"), (None, "cpu", None)]
     assert model_info("myseg").description == "from entry point myseg_pkg:load"
+
+
+def test_builtins_register_through_the_entry_point_group():
+    """Built-in backends use the same entry-point group as third parties; each spec loads
+    what its config.json model_type names."""
+    eps = registry._entry_points()
+    assert {n: eps[n].value for n in ("llmseg-tiny", "clipseg", "sam3", "grounded-sam")} == {
+        "llmseg-tiny": "napari_llmseg.backends.tiny:BACKEND",
+        "clipseg": "napari_llmseg.backends.clipseg:BACKEND",
+        "sam3": "napari_llmseg.backends.sam3:BACKEND",
+        "grounded-sam": "napari_llmseg.backends.grounded_sam:BACKEND",
+    }
+    assert registry.backend_spec("sam3").folder_types == ("sam3", "sam3_video")
+    assert "llmseg-tiny" in registry.backend_spec("llmseg-tiny").folder_types
+    assert model_info("llmseg-tiny").concepts == (
+        "bone", "brain", "nuclei", "soft tissue", "vegetation", "water",
+    )  # fmt: skip

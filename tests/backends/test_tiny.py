@@ -11,7 +11,7 @@ from napari_llmseg import get_model, list_models, segment
 from napari_llmseg.backends.text import encode_texts
 from napari_llmseg.backends.tiny import WEIGHTS_DIR, LLMSegTiny
 from napari_llmseg.engine.normalize import compute_stats
-from napari_llmseg.io.image import open_image
+from napari_llmseg.io.open import open_image
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_ct_is_windowed_not_stretched(tiny):
 
 @pytest.mark.slow
 def test_bone_and_soft_tissue_in_held_out_ct_planes(tiny):
-    from napari_llmseg.training_data import load
+    from napari_llmseg.training.data import load
 
     ct, masks = load("head-ct")
     held = slice(80, 108)  # never seen in training (z < 72)
@@ -186,7 +186,7 @@ def test_bone_and_soft_tissue_in_held_out_ct_planes(tiny):
 
 
 def test_brain_in_held_out_mri_planes(tiny):
-    from napari_llmseg.training_data import load
+    from napari_llmseg.training.data import load
 
     t1, masks = load("t1-mri")
     held = slice(120, 170)  # never seen in training (z < 100)
@@ -196,7 +196,7 @@ def test_brain_in_held_out_mri_planes(tiny):
 
 
 def test_water_in_the_held_out_part_of_the_landsat_rgb(tiny):
-    from napari_llmseg.training_data import load
+    from napari_llmseg.training.data import load
 
     rgb, masks = load("landsat")
     held = slice(216, 352)  # rows never seen in training (y < 200)

@@ -7,7 +7,7 @@ import pytest
 
 from napari_llmseg import segment
 from napari_llmseg.engine.normalize import compute_stats
-from napari_llmseg.io.image import ImageSource
+from napari_llmseg.io.source import ImageSource
 from tests.conftest import smooth_model
 
 

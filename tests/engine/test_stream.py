@@ -166,7 +166,7 @@ def test_reader_errors_propagate():
 def test_batch_size_used_reports_the_predictor_limit(rng):
     from napari_llmseg.engine.stream import MemorySink, run
     from napari_llmseg.engine.windows import importance_map
-    from napari_llmseg.io.image import open_image
+    from napari_llmseg.io.open import open_image
 
     image = rng.normal(size=(64, 64)).astype(np.float32)
     assert (
@@ -216,7 +216,7 @@ def test_batch_size_used_reports_the_predictor_limit(rng):
 @pytest.mark.parametrize("n_prompts", [1, 2, 3, 255])
 def test_labels_are_the_most_probable_prompt_above_threshold(rng, n_prompts):
     """threshold_labels against the definition (argmax; ties go to the first prompt)."""
-    from napari_llmseg.postprocess import threshold_labels
+    from napari_llmseg.postprocess.labels import threshold_labels
 
     prob = rng.random((n_prompts, 40, 30)).astype(np.float32)
     prob[:, :5, :5] = 0.7  # every prompt equally probable: label 1
@@ -286,7 +286,7 @@ def test_each_storage_chunk_is_read_once_and_output_is_unchanged(rng, shape, chu
 def test_done_markers_are_grouped_and_follow_the_data(rng, monkeypatch):
     from napari_llmseg.engine import stream
     from napari_llmseg.engine.windows import importance_map
-    from napari_llmseg.io.image import open_image
+    from napari_llmseg.io.open import open_image
 
     events = []
 

@@ -17,7 +17,7 @@ from napari_llmseg.engine.normalize import compute_stats
 from napari_llmseg.io._files import atomic_path
 from napari_llmseg.io._optional import MissingExtraError
 from napari_llmseg.io.geotiff import RasterioArray, RasterioValidMask, write_geotiff
-from napari_llmseg.io.image import ImageSource
+from napari_llmseg.io.source import ImageSource
 from tests.conftest import threshold_model
 from tests.formats_data import LANDSAT, LANDSAT_DESCRIPTIONS, ndwi_mask, ndwi_model
 
@@ -97,7 +97,7 @@ def test_rasterio_array_indexing_matches_numpy(landsat_bands):
         np.testing.assert_array_equal(a[key], landsat_bands[key], err_msg=str(key))
     with pytest.raises(IndexError, match="index 400 is out of bounds for an axis of length 352"):
         a[400]
-    with pytest.raises(TypeError, match="only integers and slices index a raster"):
+    with pytest.raises(TypeError, match="only integers and slices index a lazy image"):
         a[[1, 2]]
 
 

@@ -15,7 +15,7 @@ from napari_llmseg.backends.base import PromptSegmenter
 from napari_llmseg.engine.normalize import WINDOW_PRESETS, IntensityStats, parse_window
 from napari_llmseg.io._optional import MissingExtraError
 from napari_llmseg.io.medical import DicomSeriesArray, NiftiArray, write_nifti
-from napari_llmseg.measure import measure, report
+from napari_llmseg.measure import format_number, measure, report
 from tests.conftest import threshold_model
 from tests.formats_data import (
     MRI_BRAIN,
@@ -109,15 +109,15 @@ def test_brain_volume_in_mm3_and_ml(tmp_path):
     n = int((np.asarray(brain.dataobj) > 0).sum())
     assert int((np.asarray(res.labels) == 1).sum()) == n
     (line,) = res.summary()
-    assert line == (
-        f"brain: {n} voxels ({100 * n / brain.get_fdata().size:.2f} %), {float(n):.6g} mm^3 "
-        f"= {n / 1000:.4g} mL"
+    assert line.startswith(
+        f"brain: {n:,} voxels ({100 * n / brain.get_fdata().size:.2f} % of the volume) = "
+        f"{format_number(n / 1000)} mL, "
     )
     assert 1100 < n / 1000 < 1900  # an adult brain with the CSF that ch2bet keeps, ~1.7 L
     meta = res.metadata["source_metadata"]
     (m,) = measure(res.labels, res.label_names, scale=meta["scale"], units=meta["units"])
     assert m.unit == "mm^3" and m.size == n
-    assert f"total volume {n:.4g} mm^3 = {n / 1000:.4g} mL" in report([m])
+    assert f" = {format_number(n / 1000)} mL," in report([m])
 
 
 def test_scaled_and_4d_nifti(tmp_path, rng):
@@ -206,7 +206,7 @@ def test_bone_window_on_the_head_ct_matches_the_bone_mask_and_its_volume(tmp_pat
     voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
     ml = bone.sum() * voxel_mm3 / 1000
     (line,) = res.summary()
-    assert line.endswith(f"{bone.sum() * voxel_mm3:.6g} mm^3 = {ml:.4g} mL")
+    assert f" = {format_number(ml)} mL, " in line
     assert 300 < ml < 900  # an adult skull, roughly 0.5 L of bone
     out = nib.load(tmp_path / "bone.nii.gz")
     assert np.array_equal(out.affine, nib.load(path).affine)
@@ -223,8 +223,8 @@ def test_window_needs_a_backend_and_warns_off_ct(tmp_path):
                        "normalises with; a callable model gets raw pixels"):  # fmt: skip
         segment(np.zeros((32, 32), np.float32), "x", model=threshold_model, window="bone")
     dicom_series(tmp_path / "mr", n=2, template="MR_small.dcm")
-    with pytest.warns(UserWarning, match=r"window='brain' is in Hounsfield units \(CT\), but "
-                      r"the input's modality is MR"):  # fmt: skip
+    with pytest.warns(UserWarning, match=r"window= \(level 40, width 80\) is in Hounsfield "
+                      r"units \(CT\), but the input's modality is MR"):  # fmt: skip
         segment(tmp_path / "mr", "x", model=WindowThreshold(0.5), window="brain", roi_size=64)
 
 
@@ -357,7 +357,7 @@ def test_more_dicom_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"cannot decode the pixels of '.*IM0001.dcm' "
                        r"\(transfer syntax 1.2.840.10008.1.2.4.50\): \S"):  # fmt: skip
         source.array[0]
-    with pytest.raises(TypeError, match=r"only integers and slices index a volume, got \[0\]"):
+    with pytest.raises(TypeError, match=r"only integers and slices index a lazy image, got \[0\]"):
         source.array[[0]]
 
 

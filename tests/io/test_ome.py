@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_llmseg.io.ome import read_store, write_labels_store
+from napari_llmseg._layers import zarr_layers as read_store
+from napari_llmseg.io.ome import write_labels_store
 
 
 def test_labels_roundtrip_keeps_names_scale_units_and_colours(tmp_path):

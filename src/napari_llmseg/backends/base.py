@@ -19,8 +19,8 @@ from the same instances, so semantic and instance outputs agree.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,98 @@ class PromptSegmenter(ABC):
     def describe(self) -> dict:
         """JSON-serialisable description recorded in output metadata."""
         return {"name": self.name}
+
+    def concepts(self) -> list[str]:
+        """What the model was trained or adapted on, if it knows (empty: open vocabulary or
+        unknown)."""
+        return []
+
+    def finetune_adapter(self, train_all: bool = False) -> FinetuneAdapter:
+        """What fine-tuning needs from this backend (:mod:`napari_llmseg.training.finetune`).
+
+        Raises
+        ------
+        ValueError
+            For a backend that cannot be fine-tuned.
+        """
+        raise ValueError(f"the {self.name} backend cannot be fine-tuned")
+
+
+class FinetuneAdapter(ABC):
+    """A backend's fine-tuning hook: which parameters train, a differentiable forward pass,
+    and how the adapted model is saved as a model folder that the backend loads again.
+
+    Attributes
+    ----------
+    default_lr : float
+        Learning rate (AdamW) when the caller gives none.
+    max_crop : int
+        Largest training crop edge (the model's window, or less).
+    """
+
+    default_lr: float = 1e-4
+    max_crop: int = 1024
+
+    @abstractmethod
+    def module(self) -> Any:
+        """The torch module whose ``state_dict`` training keeps the best epoch of."""
+
+    def trainable(self) -> list[Any]:
+        return [p for p in self.module().parameters() if p.requires_grad]
+
+    @abstractmethod
+    def encode(self, prompt: str) -> Any:
+        """The prompt's encoding, as an ordinary tensor autograd can use."""
+
+    @abstractmethod
+    def logits(self, windows: np.ndarray, stats: IntensityStats, text: Any) -> Any:
+        """Logits (B, H, W) of raw windows (B, C, H, W), differentiable."""
+
+    @abstractmethod
+    def save(self, folder: Path, record: dict) -> None:
+        """Write the adapted model into ``folder`` (safetensors and config) with ``record``."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``napari-llmseg models`` and the widget show about a backend."""
+
+    name: str
+    default_id: str
+    gives_instances: bool
+    available_offline: bool
+    description: str
+    concepts: tuple[str, ...] = ()
+    can_finetune: bool = False
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How the registry finds, loads and describes a backend.
+
+    A backend module defines one and names it in the ``napari_llmseg.backends`` entry-point
+    group (built-in backends are registered that way too, in pyproject.toml).
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``segment(model=NAME)``, ``NAME:MODEL_ID``).
+    load : callable
+        ``load(spec, *, device, dtype) -> PromptSegmenter``; ``spec`` is what followed
+        ``NAME:`` (a model id or folder), or None for the backend's default.
+    info : callable
+        ``info() -> ModelInfo``; must not touch the network.
+    folder_types : tuple of str
+        ``model_type`` values in a model folder's config.json that this backend loads.
+    folder_refusals : dict of str to str
+        ``model_type`` values it recognises but cannot load alone, with the reason.
+    """
+
+    name: str
+    load: Callable[..., PromptSegmenter]
+    info: Callable[[], ModelInfo]
+    folder_types: tuple[str, ...] = ()
+    folder_refusals: dict[str, str] = field(default_factory=dict)
 
 
 #: Weight files that need pickle to load (and can run code when loaded): always refused.

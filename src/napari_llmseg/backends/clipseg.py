@@ -10,14 +10,16 @@ the window's activations for all P prompts at once, so extra prompts cost only t
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..engine.normalize import IntensityStats
-from .base import PromptSegmenter
+from .base import BackendSpec, FinetuneAdapter, ModelInfo, PromptSegmenter
 from .hf import (
     ImageSettings,
     ModelSource,
@@ -33,10 +35,11 @@ from .hf import (
     run_in_chunks,
     to_window,
 )
-from .registry import CLIPSEG_ID
 
 NAME = "clipseg"
-DEFAULT_ID = CLIPSEG_ID
+#: The main branch of CIDAS/clipseg-rd64-refined holds only pickle weights; its safetensors
+#: conversion (SFconvertbot, the weights transformers itself would pick) is pinned by commit.
+DEFAULT_ID = "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6"
 MODEL_TYPES = ("clipseg",)
 
 
@@ -77,6 +80,9 @@ class CLIPSegBackend(PromptSegmenter):
 
     def describe(self) -> dict:
         return {"name": self.name, **self.source.describe()}
+
+    def finetune_adapter(self, train_all: bool = False) -> CLIPSegAdapter:
+        return CLIPSegAdapter(self, train_all)
 
     def check_channels(self, n_channels: int) -> None:
         check_rgb_channels(self.name, n_channels)
@@ -120,8 +126,58 @@ class CLIPSegBackend(PromptSegmenter):
         return np.concatenate(run_in_chunks(self, len(batch), run), axis=0)
 
 
+class CLIPSegAdapter(FinetuneAdapter):
+    """Fine-tuning CLIPSeg: its decoder (with the FiLM layers conditioned on the prompt)
+    trains; CLIP's vision and text transformers are frozen (unless ``train_all``)."""
+
+    default_lr = 1e-4
+    max_crop = 1024
+
+    def __init__(self, backend: CLIPSegBackend, train_all: bool) -> None:
+        self.backend = backend
+        self.model = backend.model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        trained = self.model if train_all else self.model.decoder
+        for p in trained.parameters():
+            p.requires_grad_(True)
+
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        return self.backend.encode_prompts([prompt]).clone()
+
+    def logits(self, windows: np.ndarray, stats: IntensityStats, text: Any) -> torch.Tensor:
+        prepared = self.backend.preprocess(windows, stats)
+        height, width = prepared.pixels.shape[-2:]
+        maps = self.backend._logits(prepared.pixels, text)
+        return to_window(maps, prepared.valid, (int(height), int(width)), prepared.window)[:, 0]
+
+    def save(self, folder: Path, record: dict) -> None:
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.backend.tokenizer.save_pretrained(folder)
+        source = Path(self.backend.source.folder)
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, folder / name)
+
+
 def load(spec: str | None, *, device: Any, dtype: Any = None) -> CLIPSegBackend:
     """Registry loader: ``spec`` is a model id, a folder, or None for :data:`DEFAULT_ID`."""
     return CLIPSegBackend(
         resolve_source(spec, backend=NAME, default_id=DEFAULT_ID), device=device, dtype=dtype
     )
+
+
+def _info() -> ModelInfo:
+    from .hf import is_cached
+
+    return ModelInfo(
+        NAME, DEFAULT_ID, False, is_cached(DEFAULT_ID),
+        "CLIPSeg: fast, coarse semantic masks (Apache-2.0)", can_finetune=True,
+    )  # fmt: skip
+
+
+#: Registered in pyproject.toml's ``napari_llmseg.backends`` entry points.
+BACKEND = BackendSpec(NAME, load, _info, folder_types=MODEL_TYPES)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..engine.normalize import IntensityStats
-from .base import PromptSegmenter, WindowInstances
+from .base import BackendSpec, ModelInfo, PromptSegmenter, WindowInstances
 from .hf import (
     ImageSettings,
     ModelSource,
@@ -58,11 +58,10 @@ from .hf import (
     run_in_chunks,
     to_window,
 )
-from .registry import GROUNDING_DINO_ID, SAM_ID
 
 NAME = "grounded-sam"
-DETECTOR_ID = GROUNDING_DINO_ID
-SEGMENTER_ID = SAM_ID
+DETECTOR_ID = "IDEA-Research/grounding-dino-tiny"
+SEGMENTER_ID = "facebook/sam-vit-base"
 DEFAULT_ID = f"{DETECTOR_ID}+{SEGMENTER_ID}"
 MODEL_TYPES = ("grounded-sam",)
 
@@ -493,3 +492,31 @@ def load(spec: str | None, *, device: Any, dtype: Any = None) -> GroundedSamBack
     """Registry loader: ``spec`` is ``DETECTOR+SEGMENTER``, a grounded-sam folder, or None."""
     detector, segmenter = resolve_pair(spec)
     return GroundedSamBackend(detector, segmenter, device=device, dtype=dtype)
+
+
+def _info() -> ModelInfo:
+    from .hf import is_cached
+
+    return ModelInfo(
+        NAME, DEFAULT_ID, True, is_cached(DETECTOR_ID) and is_cached(SEGMENTER_ID),
+        "Grounding DINO boxes, then SAM masks (Apache-2.0)",
+    )  # fmt: skip
+
+
+_HALF = (
+    "holds only a {part}; grounded-sam needs both: make a folder with the two model folders "
+    'inside and a config.json {{"model_type": "grounded-sam", "detector": "DETECTOR_DIR", '
+    '"segmenter": "SAM_DIR"}} (see docs/backends.md)'
+)
+
+#: Registered in pyproject.toml's ``napari_llmseg.backends`` entry points.
+BACKEND = BackendSpec(
+    NAME,
+    load,
+    _info,
+    folder_types=MODEL_TYPES,
+    folder_refusals={
+        "grounding-dino": _HALF.format(part="Grounding DINO detector"),
+        "sam": _HALF.format(part="SAM segmenter"),
+    },
+)

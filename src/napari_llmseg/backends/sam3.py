@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..engine.normalize import IntensityStats
-from .base import PromptSegmenter, WindowInstances
+from .base import BackendSpec, ModelInfo, PromptSegmenter, WindowInstances
 from .hf import (
     ImageSettings,
     ModelSource,
@@ -44,10 +44,9 @@ from .hf import (
     run_in_chunks,
     to_window,
 )
-from .registry import SAM3_ID
 
 NAME = "sam3"
-DEFAULT_ID = SAM3_ID
+DEFAULT_ID = "facebook/sam3"
 MODEL_TYPES = ("sam3", "sam3_video")
 
 
@@ -272,3 +271,16 @@ def load(spec: str | None, *, device: Any, dtype: Any = None) -> Sam3Backend:
     return Sam3Backend(
         resolve_source(spec, backend=NAME, default_id=DEFAULT_ID), device=device, dtype=dtype
     )
+
+
+def _info() -> ModelInfo:
+    from .hf import is_cached
+
+    return ModelInfo(
+        NAME, DEFAULT_ID, True, is_cached(DEFAULT_ID),
+        "SAM 3: sharp instance masks from text; gated, SAM licence",
+    )  # fmt: skip
+
+
+#: Registered in pyproject.toml's ``napari_llmseg.backends`` entry points.
+BACKEND = BackendSpec(NAME, load, _info, folder_types=MODEL_TYPES)

@@ -13,6 +13,7 @@ input normalisation and how the weights were trained.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..engine.normalize import IntensityStats
-from .base import PromptSegmenter, require_safetensors
+from .base import BackendSpec, FinetuneAdapter, ModelInfo, PromptSegmenter, require_safetensors
 from .text import EMBED_DIM, encode_texts
 
 MODEL_TYPE = "llmseg-tiny"
@@ -225,6 +226,12 @@ class LLMSegTiny(PromptSegmenter):
             "version": self.config.get("version"),
         }
 
+    def concepts(self) -> list[str]:
+        return [str(c) for c in self.config.get("concepts", [])]
+
+    def finetune_adapter(self, train_all: bool = False) -> TinyAdapter:
+        return TinyAdapter(self, train_all)
+
     def check_channels(self, n_channels: int) -> None:
         if n_channels not in (1, 3):
             raise ValueError(
@@ -261,3 +268,67 @@ class LLMSegTiny(PromptSegmenter):
                 x = batch.contiguous(memory_format=torch.channels_last)
                 logits = padded_forward(self._inference_net(), x, encoded)
         return np.ascontiguousarray(logits.float().cpu().numpy())
+
+
+class TinyAdapter(FinetuneAdapter):
+    """Fine-tuning llmseg-tiny: the U-Net decoder, the per-pixel projection and the prompt MLP
+    train (everything with ``train_all``); the encoder half and the text encoder are frozen."""
+
+    default_lr = 3e-3
+    max_crop = 256
+
+    def __init__(self, backend: LLMSegTiny, train_all: bool) -> None:
+        self.backend = backend
+        self.net = backend.net
+        heads = [self.net.dec, self.net.proj, self.net.text]
+        wanted = {id(p) for m in heads for p in m.parameters()}
+        for p in self.net.parameters():
+            p.requires_grad_(train_all or id(p) in wanted)
+
+    def module(self) -> nn.Module:
+        return self.net
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        # encode_prompts may run under inference mode; a clone is an ordinary tensor that
+        # autograd can save for the backward pass
+        return self.backend.encode_prompts([prompt]).clone()
+
+    def logits(self, windows: np.ndarray, stats: IntensityStats, text: Any) -> torch.Tensor:
+        return self.backend.logits(self.backend.preprocess(windows, stats), text)[:, 0]
+
+    def save(self, folder: Path, record: dict) -> None:
+        from safetensors.torch import save_file
+
+        config = copy.deepcopy(self.backend.config)
+        config["version"] = f"{config.get('version', '?')}+finetuned"
+        concepts = list(config.get("concepts", []))
+        if record["prompt"] not in concepts:
+            concepts.append(record["prompt"])
+        config["concepts"] = concepts
+        config["finetune"] = {k: v for k, v in record.items() if k != "history"}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _load(spec: str | None, *, device: Any, dtype: Any = None) -> LLMSegTiny:
+    return LLMSegTiny(spec, device=device)
+
+
+def _info() -> ModelInfo:
+    concepts: tuple[str, ...] = ()
+    if (WEIGHTS_DIR / "config.json").is_file():
+        concepts = tuple(str(c) for c in load_config(WEIGHTS_DIR).get("concepts", []))
+    return ModelInfo(
+        MODEL_TYPE,
+        "embedded",
+        False,
+        (WEIGHTS_DIR / "model.safetensors").is_file(),
+        "small model shipped in the package; MiniLM text embedding + U-Net, works offline",
+        concepts,
+        can_finetune=True,
+    )
+
+
+#: Registered in pyproject.toml's ``napari_llmseg.backends`` entry points.
+BACKEND = BackendSpec(MODEL_TYPE, _load, _info, folder_types=(MODEL_TYPE,))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.image import ImageSource
+from ..io.source import ImageSource
 
 #: Inputs with at most this many values are measured exactly, without sampling.
 EXACT_LIMIT = 1 << 24

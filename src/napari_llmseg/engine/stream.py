@@ -24,15 +24,16 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from ..io.image import ImageSource
-from ..postprocess import threshold_labels
+from ..io.source import ImageSource
+from ..postprocess.labels import threshold_labels
 from .allocator import holds_run_allocator
+from .predictor import Predictor
 from .windows import WindowPlan
 
 #: Budget for blending accumulators of unfinished chunks, used to size plane groups.
@@ -72,23 +73,35 @@ class RunInfo:
     batch_size_used: int = 0
 
 
-class Predictor(Protocol):
-    """What the engine needs from a model (see ``api._BackendPredictor``).
+R = TypeVar("R")
 
-    A predictor may also have a ``batch_limit`` attribute (int or None): the most windows its
-    model runs at once, which the engine reports as ``RunInfo.batch_size_used``.
-    """
 
-    n_outputs: int
+def drain(gen: Generator[Any, None, R], on_step: Callable[[Any], Any] | None = None) -> R:
+    """Run a generator to its end, handing every yielded value to ``on_step``; its return
+    value. How a headless caller drives a run (``segment`` drives ``iter_segment``)."""
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_step is not None:
+            on_step(step)
 
-    def pad_value(self) -> np.ndarray:
-        """Per-channel raw value for pixels outside the image and non-finite pixels."""
 
-    def prepare(self, raw: np.ndarray) -> Any:
-        """Turn raw windows (B, C, *roi) float32 into model input; runs on the reader thread."""
-
-    def predict(self, prepared: Any) -> np.ndarray:
-        """Logits (B, n_outputs, *roi) float32 for a prepared batch."""
+def relay(
+    gen: Generator[tuple[str, int, int], None, R], prefix: str, cancel: Any = None
+) -> Generator[Progress, None, R | None]:
+    """Re-yield a stage generator's ``(stage, done, total)`` as Progress named ``prefix +
+    stage``; when ``cancel`` is set, close it and return None instead of its value."""
+    while True:
+        try:
+            stage, done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(done, total, stage=f"{prefix}{stage}")
+        if cancel is not None and cancel.is_set():
+            gen.close()
+            return None
 
 
 class CancelFlag(Protocol):

@@ -39,7 +39,7 @@ import numpy as np
 
 from ._files import atomic_path
 from ._optional import MissingExtraError, require
-from .image import ImageSource
+from .source import ImageSource, LazyArray
 
 #: TIFF tags that make a TIFF a GeoTIFF: ModelPixelScale, ModelTiepoint, ModelTransformation,
 #: GeoKeyDirectory.
@@ -184,17 +184,6 @@ def _pick(block: np.ndarray, iy: Any, ix: Any) -> np.ndarray:
     return block[ix] if isinstance(iy, int) else block[:, ix]
 
 
-def _expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
-    key = key if isinstance(key, tuple) else (key,)
-    if any(k is Ellipsis for k in key):
-        i = next(i for i, k in enumerate(key) if k is Ellipsis)
-        fill = (slice(None),) * (ndim - len(key) + 1)
-        key = key[:i] + fill + key[i + 1 :]
-    if len(key) > ndim:
-        raise IndexError(f"too many indices ({len(key)}) for an array with {ndim} axes")
-    return key + (slice(None),) * (ndim - len(key))
-
-
 def _open_quiet(path: str) -> Any:
     rasterio = _rasterio("reading GeoTIFF")
     from rasterio.errors import NotGeoreferencedWarning
@@ -204,7 +193,7 @@ def _open_quiet(path: str) -> Any:
         return rasterio.open(path)
 
 
-class RasterioArray:
+class RasterioArray(LazyArray):
     """Lazy ``(Y, X, C)`` view of selected bands of a raster; each slice is a windowed read.
 
     Parameters
@@ -235,22 +224,21 @@ class RasterioArray:
         # Strips are a few rows high; read at least ~256 rows at a time.
         bh = int(block[0]) * max(1, math.ceil(TILE / max(1, int(block[0]))))
         self.chunks = (min(bh, self.shape[0]), min(int(block[1]), self.shape[1]), self.shape[2])
-        self.ndim = 3
 
     def __repr__(self) -> str:
         return f"RasterioArray('{self.path}', bands={list(self.indexes)}, shape={self.shape})"
 
-    def _window(self, key: Any) -> tuple[Any, list[int], tuple[Any, Any, Any]]:
+    def _window(self, key: tuple[Any, ...]) -> tuple[Any, list[int], tuple[Any, Any, Any]]:
         from rasterio.windows import Window
 
-        ky, kx, kc = _expand_key(key, 3)
+        ky, kx, kc = key
         y0, y1, iy = _axis_index(ky, self.shape[0])
         x0, x1, ix = _axis_index(kx, self.shape[1])
         channels = np.arange(self.shape[2])[kc]
         idx = [self.indexes[int(c)] for c in np.atleast_1d(channels)]
         return Window(x0, y0, x1 - x0, y1 - y0), idx, (iy, ix, 0 if channels.ndim == 0 else None)
 
-    def __getitem__(self, key: Any) -> np.ndarray:
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
         window, idx, (iy, ix, ic) = self._window(key)
         if window.height == 0 or window.width == 0 or not idx:
             out = np.zeros((len(idx), int(window.height), int(window.width)), self.dtype)
@@ -260,22 +248,18 @@ class RasterioArray:
         out = _pick(np.moveaxis(out, 0, -1), iy, ix)
         return out[..., 0] if ic == 0 else out  # a channel indexed by an int is dropped
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
 
-
-class RasterioValidMask:
+class RasterioValidMask(LazyArray):
     """Lazy ``(Y, X)`` bool array: True where every selected band's GDAL mask is valid."""
 
     def __init__(self, source: RasterioArray) -> None:
         self.source = source
         self.shape = source.shape[:2]
         self.dtype = np.dtype(bool)
-        self.ndim = 2
+        self.chunks = source.chunks[:2]
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        ky, kx = _expand_key(key, 2)
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
+        ky, kx = key
         window, idx, (iy, ix, _) = self.source._window((ky, kx, slice(None)))
         with _open_quiet(self.source.path) as ds:
             masks = ds.read_masks(idx, window=window)
@@ -504,49 +488,15 @@ def label_tags(label_names: Mapping[int, str], extra: Mapping[str, Any] | None =
     return tags
 
 
-# --- napari layer data (plain tuples: this module does not import napari) -----------------
-def read_layers(path: str | Path) -> list[tuple[Any, dict, str]]:
-    """napari layer data for a GeoTIFF: lazy (dask) data with scale and translate from the
-    transform, units from the CRS, the georeferencing in ``metadata``.
-
-    A labels GeoTIFF written by napari-llmseg opens as a Labels layer with its prompt names;
-    3 or 4 uint8 bands as one RGB(A) image; other multiband rasters as one image per band.
-    """
-    import dask.array as da
-
-    from .ome import label_color
-
-    source = open_geotiff(path)
-    array = source.array
-    data = da.from_array(array, chunks=(COPY_WINDOW, COPY_WINDOW, array.shape[2]))
-    meta = source.metadata
-    name = Path(path).name.rsplit(".", 1)[0]
-    kwargs: dict[str, Any] = {"metadata": {"napari_llmseg_source": meta}}
-    for key in ("scale", "translate", "units"):
-        if meta.get(key) is not None:
-            kwargs[key] = tuple(meta[key])
+def label_names_in(path: str | Path) -> dict[int, str] | None:
+    """The label names napari-llmseg wrote into a labels GeoTIFF's tags, or None when the
+    file is not one of its label rasters."""
     with _open_quiet(str(path)) as ds:
         tags = ds.tags()
-    if "napari_llmseg" in tags and array.shape[2] == 1 and source.dtype.kind in "ui":
-        names = {int(k): v for k, v in json.loads(tags["napari_llmseg"])["label_names"].items()}
-        ids = [0, *sorted(names)]
-        kwargs["features"] = {
-            "index": ids,
-            "prompt": ["background"] + [names[i] for i in ids[1:]],
-        }
-        kwargs["colormap"] = {
-            None: (0, 0, 0, 0),
-            0: (0, 0, 0, 0),
-            **{i: tuple(c / 255 for c in label_color(i)) for i in names},
-        }
-        return [(data[..., 0], {"name": name, **kwargs}, "labels")]
-    n = array.shape[2]
-    if n == 1:
-        return [(data[..., 0], {"name": name, **kwargs}, "image")]
-    if n in (3, 4) and source.dtype == np.uint8:
-        return [(data, {"name": name, "rgb": True, **kwargs}, "image")]
-    band_names = [
-        f"{name} {d}" if d else f"{name} band {i}"
-        for i, d in zip(meta["band_indexes"], meta["band_descriptions"], strict=True)
-    ]
-    return [(data, {"name": band_names, "channel_axis": 2, **kwargs}, "image")]
+    if "napari_llmseg" not in tags:
+        return None
+    try:
+        names = json.loads(tags["napari_llmseg"]).get("label_names", {})
+        return {int(k): str(v) for k, v in names.items()}
+    except (ValueError, AttributeError, TypeError):
+        return None

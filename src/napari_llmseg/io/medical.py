@@ -36,7 +36,7 @@ import numpy as np
 
 from ._files import atomic_path
 from ._optional import require
-from .image import ImageSource
+from .source import ImageSource, LazyArray
 
 #: NIfTI spatial unit codes (xyzt_units) -> short unit names; "unknown" is read as mm.
 _NIFTI_UNITS = {"mm": "mm", "meter": "m", "micron": "um", "unknown": "mm"}
@@ -51,19 +51,6 @@ def _nibabel(what: str) -> Any:
 
 def _pydicom(what: str) -> Any:
     return require("pydicom", "medical", what)
-
-
-def _expand_key(key: Any, ndim: int) -> tuple[Any, ...]:
-    key = key if isinstance(key, tuple) else (key,)
-    if any(k is Ellipsis for k in key):
-        i = next(i for i, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
-    if len(key) > ndim:
-        raise IndexError(f"too many indices ({len(key)}) for an array with {ndim} axes")
-    for k in key:
-        if not isinstance(k, (slice, int, np.integer)):
-            raise TypeError(f"only integers and slices index a volume, got {k!r}")
-    return key + (slice(None),) * (ndim - len(key))
 
 
 def geometry_metadata(affine: np.ndarray, ndim: int) -> dict:
@@ -91,7 +78,7 @@ def _check_affine(affine: np.ndarray, path: Path) -> None:
 
 
 # --- NIfTI -------------------------------------------------------------------------------
-class NiftiArray:
+class NiftiArray(LazyArray):
     """Lazy ``(Z, Y, X)`` = ``(k, j, i)`` view of a NIfTI image; slices read only what they need.
 
     Parameters
@@ -110,22 +97,13 @@ class NiftiArray:
         self.dataobj = dataobj
         self.shape = tuple(int(s) for s in shape_ijk[::-1])
         self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
         self.trailing = trailing
-        self.chunks = (1, *self.shape[1:]) if self.ndim == 3 else self.shape
+        self.chunks = (1, *self.shape[1:]) if len(self.shape) == 3 else self.shape
 
-    def __repr__(self) -> str:
-        return f"NiftiArray(shape={self.shape}, dtype={self.dtype})"
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = _expand_key(key, self.ndim)
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
         file_key = tuple(reversed(key)) + (0,) * self.trailing
         out = np.asarray(self.dataobj[file_key])
         return np.ascontiguousarray(out.transpose()).astype(self.dtype, copy=False)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
 
 
 def open_nifti(path: str | Path) -> ImageSource:
@@ -177,7 +155,7 @@ def open_nifti(path: str | Path) -> ImageSource:
 
 
 # --- DICOM -------------------------------------------------------------------------------
-class DicomSeriesArray:
+class DicomSeriesArray(LazyArray):
     """Lazy ``(Z, Y, X)`` DICOM series: each slice file is decoded when first needed.
 
     Values are rescaled (``stored * RescaleSlope + RescaleIntercept``, per slice). The last
@@ -197,7 +175,6 @@ class DicomSeriesArray:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.rescale = list(rescale)
-        self.ndim = 3
         self.chunks = (1, *self.shape[1:])
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -231,8 +208,8 @@ class DicomSeriesArray:
                 self._cache.popitem(last=False)
         return plane
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        kz, ky, kx = _expand_key(key, 3)
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
+        kz, ky, kx = key
         if isinstance(kz, (int, np.integer)):
             return self._slice(range(self.shape[0])[int(kz)])[ky, kx]
         zs = range(self.shape[0])[kz]
@@ -240,10 +217,6 @@ class DicomSeriesArray:
             probe = np.zeros(self.shape[1:], self.dtype)[ky, kx]
             return np.zeros((0, *probe.shape), self.dtype)
         return np.stack([self._slice(z)[ky, kx] for z in zs])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[...]
-        return out if dtype is None else out.astype(dtype)
 
 
 def _floats(value: Any, n: int, what: str, path: Path) -> np.ndarray:
@@ -523,7 +496,6 @@ def label_description(label_names: Mapping[int, str]) -> str:
     return "napari-llmseg labels: " + " ".join(f"{i}={n}" for i, n in label_names.items())
 
 
-# --- napari layer data (plain tuples: this module does not import napari) -----------------
 def _label_names_from_descrip(descrip: str) -> dict[int, str]:
     import re
 
@@ -534,42 +506,11 @@ def _label_names_from_descrip(descrip: str) -> dict[int, str]:
     return {int(i): n for i, n in pairs}
 
 
-def read_layers(path: str | Path) -> list[tuple[Any, dict, str]]:
-    """napari layer data for a NIfTI file: lazy (Z, Y, X) data with scale from the voxel
-    spacing, translate from an axis-aligned affine, units in mm, the affine in ``metadata``.
-
-    A label map (NIfTI intent "label") opens as a Labels layer, with the prompt names that
-    napari-llmseg writes into the header description.
-    """
-    import dask.array as da
-
-    from .ome import label_color
-
-    source = open_nifti(path)
-    array = source.array
-    data = da.from_array(array, chunks=array.chunks)
-    meta = source.metadata
-    name = Path(path).name
-    name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
-    kwargs: dict[str, Any] = {"name": name, "metadata": {"napari_llmseg_source": meta}}
-    for key in ("scale", "translate", "units"):
-        if meta.get(key) is not None:
-            kwargs[key] = tuple(meta[key])
+def label_names_in(path: str | Path) -> dict[int, str] | None:
+    """For a NIfTI label map (intent "label"): the label names napari-llmseg wrote into its
+    header description ({} when there are none); None for any other image."""
     nib = _nibabel("reading NIfTI")
     hdr = nib.load(path).header
-    if hdr.get_intent()[0] == "label" and source.dtype.kind in "ui":
-        descrip = hdr["descrip"].item().decode("ascii", "replace")
-        names = _label_names_from_descrip(descrip)
-        if names:
-            ids = [0, *sorted(names)]
-            kwargs["features"] = {
-                "index": ids,
-                "prompt": ["background"] + [names[i] for i in ids[1:]],
-            }
-            kwargs["colormap"] = {
-                None: (0, 0, 0, 0),
-                0: (0, 0, 0, 0),
-                **{i: tuple(c / 255 for c in label_color(i)) for i in names},
-            }
-        return [(data, kwargs, "labels")]
-    return [(data, {**kwargs, "colormap": "gray"}, "image")]
+    if hdr.get_intent()[0] != "label":
+        return None
+    return _label_names_from_descrip(hdr["descrip"].item().decode("ascii", "replace"))

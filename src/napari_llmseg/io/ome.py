@@ -1,32 +1,157 @@
-"""OME-Zarr: open images and labels lazily, write labels with their class names.
+"""OME-Zarr: read multiscale images and labels (through ome-zarr-py), write labels.
 
-Writing goes through ome-zarr-py, so the layout follows the OME-NGFF conventions:
-``labels/{name}`` multiscale groups with ``image-label`` metadata (colours and, per label
-value, the ``prompt`` it stands for). Reading returns napari "layer data" tuples
-``(data, kwargs, layer_type)``; they are plain tuples, so this module does not import napari.
+Reading goes through ome-zarr-py's :class:`ome_zarr.reader.Reader`, so every NGFF version it
+knows is read the same way; :func:`read_multiscale` returns one image or label pyramid as a
+:class:`Multiscale` (lazy dask levels plus scale, translation, units and, for labels, the
+class names). Writing follows the same conventions: ``labels/{name}`` multiscale groups with
+``image-label`` metadata (colours and, per label value, the ``prompt`` it stands for).
+
+Attributes the package itself writes (provenance, resume bookkeeping) live under
+:data:`ATTR_KEY` in a group's attributes, outside the ``ome`` namespace.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-LayerData = tuple[Any, dict, str]
+from .labels import label_color
 
-#: Distinct colours for labels 1, 2, ... (Okabe-Ito, colour-blind safe), as RGBA 0-255.
-PALETTE = [
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-    (0, 114, 178), (213, 94, 0), (204, 121, 167), (153, 153, 153),
-]  # fmt: skip
+#: The package's own attribute namespace in zarr and OME-Zarr groups.
+ATTR_KEY = "napari_llmseg"
 
 
-def label_color(label: int) -> tuple[int, int, int, int]:
-    """RGBA (0-255) colour of label value ``label`` (> 0)."""
-    return (*PALETTE[(label - 1) % len(PALETTE)], 255)
+@dataclass
+class Multiscale:
+    """One OME-Zarr image or label pyramid, read lazily.
+
+    Attributes
+    ----------
+    name : str
+    levels : list of dask arrays
+        Full resolution first.
+    axes : tuple of str
+        Axis names (``"c"``, ``"z"``, ``"y"``, ``"x"``...).
+    scale, translate : tuple of float or None
+        Of the full-resolution level, one value per axis.
+    units : tuple of str or None
+        Per axis ("" for axes without a unit such as channels), when every space axis has one.
+    label_names : dict of int to str, optional
+        For an ``image-label``: label value -> name (its ``prompt`` or ``name`` property).
+    colors : dict of int to RGBA tuple (0-1), optional
+        For an ``image-label``: its colours.
+    """
+
+    name: str
+    levels: list[Any]
+    axes: tuple[str, ...]
+    scale: tuple[float, ...] | None = None
+    translate: tuple[float, ...] | None = None
+    units: tuple[str, ...] | None = None
+    label_names: dict[int, str] | None = None
+    colors: dict[int, tuple[float, ...]] | None = field(default=None)
+
+    @property
+    def is_label(self) -> bool:
+        return self.label_names is not None or self.colors is not None
+
+
+def _ome(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    ome = attrs.get("ome", attrs)
+    return ome if isinstance(ome, Mapping) else {}
+
+
+def is_multiscale(group: Any) -> bool:
+    """Whether a zarr group carries OME-Zarr ``multiscales`` metadata (any version)."""
+    return "multiscales" in _ome(dict(group.attrs))
+
+
+def _check_multiscales(attrs: Mapping[str, Any], path: Any) -> None:
+    """Refuse metadata that could make a reader wander off: no datasets, absolute paths."""
+    ms = _ome(attrs).get("multiscales")
+    if not isinstance(ms, list) or not ms or not isinstance(ms[0], Mapping):
+        raise ValueError(f"'{path}' has OME-Zarr multiscales metadata that is not a list: {ms!r}")
+    datasets = ms[0].get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ValueError(f"'{path}' has an OME-Zarr multiscales entry without datasets")
+    for ds in datasets:
+        p = ds.get("path") if isinstance(ds, Mapping) else None
+        if not isinstance(p, str) or not p or p.startswith("/") or ".." in p.split("/"):
+            raise ValueError(
+                f"'{path}' names an OME-Zarr dataset path {p!r}; expected a relative path "
+                "inside the store (such as '0' or 's0')"
+            )
+
+
+def _transform(transforms: Any, kind: str) -> tuple[float, ...] | None:
+    for t in transforms or []:
+        if isinstance(t, Mapping) and t.get("type") == kind:
+            values = t.get("scale" if kind == "scale" else "translation")
+            if values is not None:
+                return tuple(float(v) for v in values)
+    return None
+
+
+def read_multiscale(group: Any, path: str | Path) -> Multiscale:
+    """The image or label pyramid in the OME-Zarr group ``group`` (stored at ``path``).
+
+    Raises
+    ------
+    ValueError
+        If the metadata is malformed (the message names the path and what is wrong).
+    """
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    _check_multiscales(dict(group.attrs), path)
+    try:
+        location = parse_url(str(path))
+        node = next(
+            n for n in Reader(location)() if any(isinstance(s, Multiscales) for s in n.specs)
+        )
+    except StopIteration:
+        raise ValueError(f"'{path}' holds no OME-Zarr image that ome-zarr-py can read") from None
+    except Exception as err:  # ome-zarr-py raises KeyError, TypeError... on bad metadata
+        raise ValueError(f"'{path}' has OME-Zarr metadata that cannot be read: {err!r}") from err
+    meta = node.metadata
+    axes = tuple(
+        str(a.get("name")) if isinstance(a, Mapping) else str(a) for a in meta.get("axes", [])
+    )
+    first = (meta.get("coordinateTransformations") or [[]])[0]
+    units = None
+    axis_meta = [a for a in meta.get("axes", []) if isinstance(a, Mapping)]
+    space = [a for a in axis_meta if a.get("type") == "space"]
+    if space and all(a.get("unit") for a in space) and len(axis_meta) == len(axes):
+        units = tuple(str(a.get("unit", "")) for a in axis_meta)
+    image = Multiscale(
+        name=str(meta.get("name") or Path(str(path)).name.removesuffix(".zarr")),
+        levels=list(node.data),
+        axes=axes,
+        scale=_transform(first, "scale"),
+        translate=_transform(first, "translation"),
+        units=units,
+    )
+    if any(isinstance(s, Label) for s in node.specs):
+        props = meta.get("properties") or {}
+        image.label_names = {
+            int(i): str(p.get("prompt", p.get("name", f"label {i}"))) for i, p in props.items()
+        }
+        colors = meta.get("color") or {}
+        image.colors = {int(i): tuple(float(v) for v in c) for i, c in colors.items()}
+    return image
+
+
+def label_groups(root: Any) -> list[str]:
+    """Names listed in a store's ``labels`` group (OME-Zarr image-labels)."""
+    if "labels" not in root:
+        return []
+    names = _ome(dict(root["labels"].attrs)).get("labels", [])
+    return [str(n) for n in names if isinstance(n, str)]
 
 
 def _axes_names(ndim: int) -> str:
@@ -90,129 +215,3 @@ def write_labels_store(
     if translate is not None and any(translate):
         root.attrs["napari_llmseg_translate"] = [float(t) for t in translate[-ndim:]]
     return path
-
-
-def _ome(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
-    return attrs.get("ome", attrs)
-
-
-def _multiscale(group: Any) -> tuple[list[Any], dict]:
-    """Arrays of every level (lazy zarr arrays) and layer kwargs (scale, translate, units)."""
-    ms = _ome(group.attrs)["multiscales"][0]
-    axes = ms.get("axes", [])
-    levels = [group[ds["path"]] for ds in ms["datasets"]]
-    kwargs: dict[str, Any] = {}
-    for t in ms["datasets"][0].get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            kwargs["scale"] = tuple(float(s) for s in t["scale"])
-        if t.get("type") == "translation":
-            kwargs["translate"] = tuple(float(s) for s in t["translation"])
-    names = [a.get("name") if isinstance(a, dict) else str(a) for a in axes]
-    units = [a.get("unit") for a in axes if isinstance(a, dict)]
-    if units and all(units) and len(units) == len(axes):
-        kwargs["units"] = tuple(units)
-    if "c" in names:
-        kwargs["channel_axis"] = names.index("c")
-    if names:
-        kwargs["axis_labels"] = tuple(n for n in names if n != "c")
-    return levels, kwargs
-
-
-def _labels_layers(root: Any) -> list[LayerData]:
-    out: list[LayerData] = []
-    if "labels" not in root:
-        return out
-    labels_group = root["labels"]
-    for name in _ome(labels_group.attrs).get("labels", []):
-        group = labels_group[name]
-        levels, kwargs = _multiscale(group)
-        kwargs.pop("channel_axis", None)
-        meta = _ome(group.attrs).get("image-label", {})
-        props = {int(p["label-value"]): p for p in meta.get("properties", [])}
-        if props:
-            ids = [0, *sorted(props)]
-            kwargs["features"] = {
-                "index": ids,
-                "prompt": ["background"] + [str(props[i].get("prompt", i)) for i in ids[1:]],
-            }
-        colors = {
-            int(c["label-value"]): tuple(v / 255 for v in c["rgba"])
-            for c in meta.get("colors", [])
-        }
-        if colors:
-            kwargs["colormap"] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **colors}
-        translate = root.attrs.get("napari_llmseg_translate")
-        if translate:
-            kwargs["translate"] = tuple(translate)
-        data = levels if len(levels) > 1 else levels[0]
-        out.append((data, {"name": name, "multiscale": len(levels) > 1, **kwargs}, "labels"))
-    return out
-
-
-def read_store(path: str | Path) -> list[LayerData]:
-    """Layers in a zarr store: an OME-Zarr image and its labels, a napari-llmseg result, a
-    labels-only OME-Zarr store, or a plain zarr array. Every array stays on disk (lazy)."""
-    import zarr
-
-    from ..engine.resume import ATTR_KEY
-
-    path = Path(path)
-    node = zarr.open(path, mode="r")
-    name = path.name.removesuffix(".zarr")
-    if isinstance(node, zarr.Array):
-        return [(node, {"name": name}, "image")]
-    attrs: dict[str, Any] = dict(node.attrs)
-    layers: list[LayerData] = []
-    if ATTR_KEY in attrs:
-        meta = attrs[ATTR_KEY]
-        labels: Any = node["labels"]
-        names = {int(k): v for k, v in meta["label_names"].items()}
-        source = meta.get("source_metadata", {})
-        common = {
-            key: tuple(source[key])
-            for key in ("scale", "translate")
-            if source.get(key) and len(source[key]) == len(labels.shape)
-        }
-        ids = [0, *sorted(names)]
-        layers.append(
-            (
-                labels,
-                {
-                    "name": f"{name} labels",
-                    "features": {
-                        "index": ids,
-                        "prompt": ["background"] + [names[i] for i in ids[1:]],
-                    },
-                    "colormap": {
-                        None: (0, 0, 0, 0),
-                        0: (0, 0, 0, 0),
-                        **{i: tuple(c / 255 for c in label_color(i)) for i in names},
-                    },
-                    "metadata": {"napari_llmseg": meta},
-                    **common,
-                },
-                "labels",
-            )
-        )
-        import dask.array as da
-
-        probs: Any = node["probabilities"]
-        lazy = da.from_array(probs, chunks=probs.chunks)
-        for i in sorted(names):
-            kwargs = {"name": f"{names[i]} probability", "visible": False, "colormap": "magma",
-                      "contrast_limits": (0.0, 1.0), **common}  # fmt: skip
-            layers.append((lazy[i - 1], kwargs, "image"))
-        return layers
-    if "multiscales" in _ome(attrs):
-        levels, kwargs = _multiscale(node)
-        data = levels if len(levels) > 1 else levels[0]
-        layers.append((data, {"name": name, "multiscale": len(levels) > 1, **kwargs}, "image"))
-    layers += _labels_layers(node)
-    if layers:
-        return layers
-    arrays = sorted(n for n, _ in node.arrays())
-    for n in arrays:
-        layers.append((node[n], {"name": f"{name}/{n}"}, "image"))
-    if not layers:
-        raise ValueError(f"'{path}' holds no arrays, images or labels that napari can show")
-    return layers

@@ -1,4 +1,4 @@
-"""Chunk-local post-processing of semantic labels: threshold, smoothing, hole filling.
+"""Chunk-local clean-up of semantic labels: smoothing, hole filling, minimum object size.
 
 Every operation here is local: the result at a pixel depends only on a neighbourhood of known
 size (the *halo*). Computing it on a chunk extended by that halo and keeping the chunk's own
@@ -56,27 +56,6 @@ class PostProcess:
         return {"smooth": self.smooth, "fill_holes": self.fill_holes, "min_size": self.min_size}
 
 
-def label_dtype(n_outputs: int) -> np.dtype:
-    """Smallest unsigned dtype for labels 0..n_outputs."""
-    return np.dtype(np.uint8 if n_outputs < 255 else np.uint16)
-
-
-def threshold_labels(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """(P, *shape) probabilities -> labels: 1 + the most probable prompt above ``threshold``."""
-    # One pass per prompt rather than argmax over the first axis, which numpy walks with a
-    # stride of a whole plane: 5 ms -> under 1 ms per 512 x 512 chunk, on the writer thread.
-    labels = (prob[0] > threshold).astype(label_dtype(prob.shape[0]))
-    if prob.shape[0] == 1:
-        return labels
-    top = prob[0].copy()
-    for i in range(1, prob.shape[0]):
-        better = prob[i] > top  # strict: ties keep the first prompt, as argmax does
-        np.copyto(labels, i + 1, where=better)
-        np.maximum(top, prob[i], out=top)
-    np.copyto(labels, 0, where=top <= threshold)
-    return labels
-
-
 def _planes(labels: np.ndarray, plane_dims: int):
     """Iterate over the 2D (or plane_dims-D) planes of ``labels`` as writable views."""
     lead = labels.shape[: labels.ndim - plane_dims]
@@ -118,6 +97,41 @@ def fill_holes(labels: np.ndarray, plane_dims: int = 2) -> np.ndarray:
     return out
 
 
+def _split_size(value: float | int | str) -> tuple[float, str, str | None]:
+    """``"20 um^3"`` -> ``(20.0, "um", "3")``; a plain number -> ``(value, "", None)``."""
+    if isinstance(value, bool):
+        raise ValueError(f"min_size must be a number of pixels or a size, got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if value < 0 or not np.isfinite(value):
+            raise ValueError(f"min_size must be a non-negative number, got {value!r}")
+        return float(value), "", None
+    text = str(value).strip()
+    m = re.fullmatch(r"([0-9.eE+-]+)\s*([a-zA-Zµ]*)(?:\^([23]))?", text)
+    number = None
+    if m:
+        try:
+            number = float(m.group(1))
+        except ValueError:
+            number = None
+    if m is None or number is None or not np.isfinite(number) or number < 0:
+        raise ValueError(
+            f"min_size {value!r} is not a size; expected a number of pixels or e.g. "
+            "'20 um^3', '0.5 mL'"
+        )
+    unit = m.group(2)
+    if unit not in ("", "px", "pixel", "pixels", "voxel", "voxels") and unit.lower() != "ml":
+        if unit not in _UNITS:
+            raise ValueError(
+                f"unknown unit {unit!r} in min_size {value!r}; use nm, um, mm, cm, m or mL"
+            )
+    return number, unit, m.group(3)
+
+
+def check_size(value: float | int | str) -> None:
+    """Raise ValueError unless ``value`` is a valid ``min_size`` (before the image is known)."""
+    _split_size(value)
+
+
 def parse_size(
     value: float | int | str, *, scale: tuple | None, units: tuple | None, ndim: int
 ) -> float:
@@ -126,18 +140,7 @@ def parse_size(
     ``"20 um^3"``, ``"0.5 mL"``, ``"100 px"``, ``"1e3 voxels"``. Physical sizes need the
     image's ``scale`` and ``units``.
     """
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        if value < 0 or not np.isfinite(value):
-            raise ValueError(f"min_size must be a non-negative number, got {value!r}")
-        return float(value)
-    text = str(value).strip()
-    m = re.fullmatch(r"([0-9.eE+-]+)\s*([a-zA-Zµ]*)(?:\^([23]))?", text)
-    if not m:
-        raise ValueError(
-            f"min_size {value!r} is not a size; expected a number of pixels or e.g. "
-            "'20 um^3', '0.5 mL'"
-        )
-    number, unit, power = float(m.group(1)), m.group(2), m.group(3)
+    number, unit, power = _split_size(value)
     if unit in ("", "px", "pixel", "pixels", "voxel", "voxels"):
         return number
     if scale is None or units is None:

@@ -23,12 +23,15 @@ moment (even ``kill -9``) leaves a store whose marked chunks are complete and co
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ATTR_KEY = "napari_llmseg"
+from ..io.labels import names_from_json
+from ..io.ome import ATTR_KEY
+
 DONE_ARRAY = "_chunks_done"
 SCRATCH_ARRAYS = ("_instances_scratch", "_instances_seeds")
 
@@ -228,3 +231,39 @@ def _jsonish(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonish(v) for k, v in value.items()}
     return value
+
+
+@dataclass(frozen=True)
+class ResultLayout:
+    """Where a result store keeps what: array paths, label names and the input's geometry."""
+
+    labels: str
+    probabilities: str | None
+    label_names: dict[int, str]
+    scale: tuple[float, ...] | None
+    translate: tuple[float, ...] | None
+    units: tuple[str, ...] | None
+    attrs: dict
+
+
+def result_layout(group: Any) -> ResultLayout | None:
+    """The layout of a napari-llmseg result store, or None for any other zarr group."""
+    attrs = dict(group.attrs)
+    if ATTR_KEY not in attrs or "labels" not in group:
+        return None
+    meta = dict(attrs[ATTR_KEY])
+    source = meta.get("source_metadata", {}) or {}
+
+    def axes(key: str) -> tuple | None:
+        value = source.get(key)
+        return tuple(value) if value else None
+
+    return ResultLayout(
+        labels="labels",
+        probabilities="probabilities" if "probabilities" in group else None,
+        label_names=names_from_json(meta.get("label_names", {})),
+        scale=axes("scale"),
+        translate=axes("translate"),
+        units=axes("units"),
+        attrs=meta,
+    )

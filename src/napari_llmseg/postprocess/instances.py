@@ -207,7 +207,8 @@ def semantic_source(
     result is the same however often it runs) on the region grown by the operations' halo in
     the window plane, processed, and cropped back.
     """
-    from ..postprocess import fill_holes, smooth_labels, threshold_labels
+    from .cleanup import fill_holes, smooth_labels
+    from .labels import threshold_labels
 
     shape = tuple(labels.shape)
     plane_dims = len(shape) - n_lead

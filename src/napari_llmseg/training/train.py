@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .backends.text import encode_texts
-from .backends.tiny import MODEL_TYPE, TinySegNet
+from ..backends.text import encode_texts
+from ..backends.tiny import MODEL_TYPE, TinySegNet
 
 
 @dataclass
@@ -75,7 +75,11 @@ class TrainConfig:
 
 
 def _crop(rng: np.random.Generator, item: TrainImage, size: int, zoom: tuple[float, float]):
-    """Random crop (C, size, size) and per-concept masks, zoomed by a random factor."""
+    """Random crop (C, size, size) and per-concept masks, zoomed by a random factor.
+
+    Written out rather than built from MONAI's transforms: the shipped weights were trained
+    with this exact random stream (seed 0), and ``make train-tiny`` must reproduce them.
+    """
     img, masks = item.image, item.masks
     if img.ndim == 4:
         z = int(rng.integers(img.shape[0]))
@@ -107,17 +111,22 @@ def _crop(rng: np.random.Generator, item: TrainImage, size: int, zoom: tuple[flo
 
 
 def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """BCE over the (crop, prompt) pairs with weight 1, plus Dice where the target has pixels."""
+    """BCE over the (crop, prompt) pairs with weight 1, plus Dice where the target has pixels.
+
+    The Dice term is MONAI's DiceLoss (per pair, smoothing 1). Its DiceCELoss is not used
+    whole: it cannot leave out the pairs whose target is unknown (weight 0: nobody
+    annotated the brain in the head CT), which this loss must ignore.
+    """
+    from monai.losses import DiceLoss
+
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((-2, -1))
     valid = weight > 0
     if not valid.any():
         return logits.sum() * 0
     bce = bce[valid].mean()
-    prob = torch.sigmoid(logits)
-    inter = (prob * target).sum((-2, -1))
-    denom = (prob + target).sum((-2, -1))
+    per_pair = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0, reduction="none")
+    dice = per_pair(logits, target).reshape(weight.shape)
     has_fg = (target.sum((-2, -1)) > 0) & valid
-    dice = 1 - (2 * inter + 1) / (denom + 1)
     dice = dice[has_fg].mean() if has_fg.any() else logits.new_zeros(())
     return bce + dice
 
@@ -245,9 +254,9 @@ class Timer:
 def normalise_like_inference(image: np.ndarray, config: dict, rgb: bool = False) -> np.ndarray:
     """What inference feeds the network, channels last: whole-image statistics (or the model's
     CT window for Hounsfield units), then the model's input transform, one plane at a time."""
-    from .backends.tiny import model_input, model_stats
-    from .engine.normalize import compute_stats
-    from .io.image import open_image
+    from ..backends.tiny import model_input, model_stats
+    from ..engine.normalize import compute_stats
+    from ..io.open import open_image
 
     stats = model_stats(compute_stats(open_image(image, channel_axis=-1 if rgb else None)), config)
     single = image.ndim == (3 if rgb else 2)
@@ -275,7 +284,7 @@ def train_from_config(
     import platform
     from importlib.metadata import version
 
-    from .training_data import load, region
+    from .data import load, region
 
     config_path, out = Path(config_path), Path(out)
     if not config_path.is_file():

@@ -11,7 +11,7 @@ from skimage.draw import disk, ellipsoid
 from skimage.measure import label
 
 from napari_llmseg import segment
-from napari_llmseg.engine.instances import label_instances, processing_block
+from napari_llmseg.postprocess.instances import label_instances, processing_block
 from tests.conftest import threshold_model, write_zarr
 
 CHUNK = 64
@@ -273,7 +273,7 @@ def test_instance_backend_objects_merged_across_windows_not_duplicated(tmp_path)
 
 
 def test_without_matching_the_seam_objects_would_be_duplicated(monkeypatch):
-    import napari_llmseg.engine.instances as inst_mod
+    import napari_llmseg.postprocess.instances as inst_mod
 
     img, truth = disks_on_chunk_corners()
     monkeypatch.setattr(inst_mod, "MATCH_IOU", 2.0)  # nothing can match

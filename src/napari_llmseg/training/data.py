@@ -21,6 +21,7 @@ Only files are read; the Python packages are not imported. Used by ``napari-llms
 from __future__ import annotations
 
 import importlib.util
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,17 @@ def _package_dir(name: str) -> Path:
             f"pip install --no-deps {name.replace('_', '-')}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def sample_path(name: str) -> Path:
+    """Path of a bundled sample file (inside the wheel, or sample_data/ in a source checkout)."""
+    packaged = Path(str(files("napari_llmseg"))) / "sample_data" / name
+    if packaged.is_file():
+        return packaged
+    source = Path(__file__).resolve().parents[3] / "sample_data" / name
+    if source.is_file():
+        return source
+    raise FileNotFoundError(f"sample file {name!r} is missing from this installation")
 
 
 CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
@@ -72,8 +84,6 @@ def cranium() -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, np.nd
 
 def landsat_bands() -> np.ndarray:
     """The bundled Landsat-7 tile, (Y, X, 6) uint8: bands 1, 2, 3, 4, 5, 7."""
-    from ._sample_data import sample_path
-
     return tifffile.imread(sample_path("landsat7_etm.tif"))
 
 

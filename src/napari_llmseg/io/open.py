@@ -1,0 +1,264 @@
+"""Open any supported input lazily as an :class:`~.source.ImageSource`.
+
+Nothing here reads the whole image: numpy files are memory-mapped, TIFF and Zarr are read chunk
+by chunk, GeoTIFF window by window through rasterio (:mod:`.geotiff`), NIfTI and DICOM slice by
+slice (:mod:`.medical`). Which opener handles a path is decided in one place,
+:func:`opener_for`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .source import ImageSource
+
+#: File types :func:`open_image` understands, by suffix (plus folders of DICOM files).
+SUPPORTED_SUFFIXES = (".zarr", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+
+
+def open_image(
+    image: Any,
+    *,
+    channel_axis: int | None = None,
+    bands: Sequence[int | str] | str | None = None,
+) -> ImageSource:
+    """Open an array or a file path as an :class:`ImageSource`, without reading it.
+
+    Parameters
+    ----------
+    image : array-like, str or PathLike
+        A numpy, dask or zarr array (anything with ``shape``, ``dtype`` and slicing), or a
+        path to a ``.zarr`` store, a ``.tif``/``.tiff`` file (GeoTIFFs through rasterio), a
+        ``.npy`` file, a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
+    channel_axis : int, optional
+        Axis holding channels. Without it every axis is spatial; TIFF files whose metadata
+        names a channel (``C``) or sample (``S``) axis get it from there.
+    bands : sequence of int or str, or str, optional
+        Bands of a (Geo)TIFF to use, in order, by 1-based index as in GDAL and rasterio or by
+        band description: ``[3, 2, 1]``, ``"3,2,1"`` or ``["red", "green", "blue"]``. Reads
+        the file through rasterio (the ``geo`` extra).
+
+    Returns
+    -------
+    ImageSource
+    """
+    if isinstance(image, ImageSource):
+        if bands is not None:
+            raise ValueError("bands= applies when opening a file; got an ImageSource")
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return _open_path(Path(image), channel_axis, bands)
+    if bands is not None:
+        raise ValueError(
+            f"bands= selects bands of a TIFF/GeoTIFF file; for a {type(image).__name__}, "
+            "select the channels before calling"
+        )
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
+        raise TypeError(
+            "image must be an array (numpy, dask, zarr) or a path to a .zarr, .tif/.tiff, .npy "
+            f"or .nii/.nii.gz file or a DICOM folder, got {type(image).__name__}"
+        )
+    _check_dtype(image.dtype, type(image).__name__)
+    return ImageSource(image, channel_axis, name=type(image).__name__)
+
+
+def _check_dtype(dtype: Any, what: str) -> None:
+    kind = np.dtype(dtype).kind
+    if kind not in "biuf":
+        raise TypeError(f"{what} has dtype {np.dtype(dtype)}; expected an integer or float image")
+
+
+def path_kind(path: Path) -> str:
+    """``"zarr"``, ``"tiff"``, ``"npy"``, ``"nifti"`` or ``"dicom"`` for an existing path.
+
+    A path inside a ``.zarr`` store (``store.zarr/name``) is zarr; any other folder is a DICOM
+    series.
+
+    Raises
+    ------
+    ValueError
+        For a file of another type; the message lists the supported ones.
+    """
+    name = path.name.lower()
+    if any(part.lower().endswith(".zarr") for part in path.parts):
+        return "zarr"
+    if path.is_dir():
+        return "dicom"
+    kind = _SUFFIX_KINDS.get(".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"unsupported file type '{path.suffix or path.name}' for '{path}'; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)} or a folder of DICOM files"
+        )
+    return kind
+
+
+def _open_path(path: Path, channel_axis: int | None, bands: Any = None) -> ImageSource:
+    if not path.exists():
+        raise FileNotFoundError(f"input path does not exist: '{path}'")
+    kind = path_kind(path)
+    if bands is not None and kind != "tiff":
+        raise ValueError(
+            f"bands= selects bands of a TIFF/GeoTIFF file, '{path}' is not one; select "
+            "channels with channel_axis= and an array instead"
+        )
+    return _OPENERS[kind](path, channel_axis, bands)
+
+
+def _no_channel_axis(path: Path, channel_axis: int | None, what: str) -> None:
+    if channel_axis is not None:
+        raise ValueError(f"channel_axis= does not apply to {what} ('{path}'), got {channel_axis}")
+
+
+def _open_medical(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
+    _no_channel_axis(path, channel_axis, "NIfTI or DICOM input")
+    from .medical import open_dicom_series, open_nifti
+
+    return open_nifti(path) if path.is_file() else open_dicom_series(path)
+
+
+def _open_tiff_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
+    from .geotiff import use_rasterio
+
+    if use_rasterio(path, bands):
+        _no_channel_axis(path, channel_axis, "a GeoTIFF, whose bands are the channels")
+        from .geotiff import open_geotiff
+
+        return open_geotiff(path, bands=bands)
+    array, axes, metadata = _open_tiff(path)
+    if channel_axis is None:
+        channel_axis = next((axes.index(a) for a in "SC" if a in axes), None)
+    return _array_source(path, array, channel_axis, metadata)
+
+
+def _open_npy_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
+    return _array_source(path, _open_npy(path), channel_axis, {})
+
+
+def _open_zarr_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
+    array, metadata = _open_zarr(path)
+    axes = "".join(str(a)[0].upper() for a in metadata.get("axes", []))
+    if channel_axis is None and "C" in axes:
+        channel_axis = axes.index("C")
+    return _array_source(path, array, channel_axis, metadata)
+
+
+def _array_source(path: Path, array: Any, channel_axis: int | None, metadata: dict) -> ImageSource:
+    metadata = {"source": str(path), **metadata}
+    array, channel_axis = _drop_time_axis(array, metadata.get("axes", ""), channel_axis, path)
+    _check_dtype(array.dtype, f"'{path}'")
+    return ImageSource(array, channel_axis, name=str(path), path=path, metadata=metadata)
+
+
+#: Suffix -> kind of file; folders are zarr stores (``.zarr``) or DICOM series.
+_SUFFIX_KINDS = {
+    ".zarr": "zarr",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".npy": "npy",
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+}
+
+#: Kind of file -> its opener ``(path, channel_axis, bands) -> ImageSource``. A new input
+#: format is one opener here (see docs/architecture.md).
+_OPENERS = {
+    "zarr": _open_zarr_path,
+    "tiff": _open_tiff_path,
+    "npy": _open_npy_path,
+    "nifti": _open_medical,
+    "dicom": _open_medical,
+}
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """Memory-map a .npy file; files holding Python objects are refused, never unpickled."""
+    with open(path, "rb") as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            _, _, dtype = read_header(f)
+        except ValueError as err:
+            raise ValueError(f"'{path}' is not a valid .npy file: {err}") from err
+    if dtype.hasobject:
+        raise ValueError(
+            f"'{path}' holds Python objects (dtype {dtype}); only numeric .npy files are read, "
+            "pickled data is never loaded"
+        )
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _open_tiff(path: Path) -> tuple[Any, str, dict]:
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        meta: dict = {"axes": axes}
+        if len(tif.series) > 1:
+            meta["note"] = f"read series 0 of {len(tif.series)}"
+    store = tifffile.imread(path, aszarr=True, series=0, level=0)
+    return zarr.open_array(store, mode="r"), axes, meta
+
+
+def _drop_time_axis(
+    array: Any, axes: Any, channel_axis: int | None, path: Path
+) -> tuple[Any, int | None]:
+    """Index away a length-1 time axis named in the file's metadata; refuse a longer one."""
+    axes = "".join(str(a)[0].upper() for a in axes) if axes else ""
+    if "T" not in axes or len(axes) != len(array.shape):
+        return array, channel_axis
+    t = axes.index("T")
+    if array.shape[t] > 1:
+        raise ValueError(
+            f"'{path}' has a time axis of length {array.shape[t]} (axes {axes}, shape "
+            f"{tuple(array.shape)}); segment one time point at a time"
+        )
+    import dask.array as da
+
+    index = tuple(0 if i == t else slice(None) for i in range(len(axes)))
+    lazy = da.from_array(array, chunks=array.chunks)[index]
+    if channel_axis is not None and channel_axis > t:
+        channel_axis -= 1
+    return lazy, channel_axis
+
+
+def _open_zarr(path: Path) -> tuple[Any, dict]:
+    """A zarr array, the full-resolution level of an OME-Zarr image, or a group's only array."""
+    import zarr
+
+    from .ome import is_multiscale, read_multiscale
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as err:  # zarr raises several error types for non-stores
+        raise ValueError(f"'{path}' is not a readable zarr store: {err}") from err
+    if isinstance(node, zarr.Array):
+        return node, {}
+    if is_multiscale(node):
+        image = read_multiscale(node, path)
+        meta: dict = {"axes": list(image.axes)}
+        if image.scale is not None:
+            meta["scale"] = tuple(image.scale)
+        if image.translate is not None and any(image.translate):
+            meta["translate"] = tuple(image.translate)
+        if image.units is not None:
+            meta["units"] = tuple(image.units)
+        return image.levels[0], meta
+    arrays = [name for name, item in node.arrays()]
+    if len(arrays) == 1:
+        return node[arrays[0]], {"array": arrays[0]}
+    raise ValueError(
+        f"'{path}' is a zarr group with arrays {sorted(arrays)} and no OME-Zarr multiscales; "
+        "pass the path of one array inside it (e.g. 'store.zarr/name')"
+    )

@@ -1,0 +1,335 @@
+"""Writing results: one entry point for every output format, chosen by suffix.
+
+:func:`write_labels` writes a label array to any format (``.zarr`` OME-Zarr labels,
+``.tif`` (Geo)TIFF, ``.nii``/``.nii.gz`` NIfTI) with the geometry it is given; the napari writer
+uses it. :func:`export` writes the final files of a complete run (labels, probabilities,
+polygons) from its zarr store; :func:`check_targets` refuses unusable targets before a run.
+A new output format is one writer in ``_LABEL_WRITERS`` (see docs/architecture.md).
+
+The engine always writes into a zarr store, chunk by chunk, because that is what makes a run
+resumable with bounded memory. For a TIFF or NIfTI output the store is a working store next
+to the requested file, and the file is written from it when the run is complete::
+
+    out.tif                     labels: (Geo)TIFF, same CRS, transform and size as the input
+    out_probabilities.tif       with probabilities=True: float32, one band per prompt
+    out.tif.zarr/               working store (labels, probabilities, run record); --resume
+                                completes it, and it can be deleted once the run is complete
+
+    out.nii.gz                  labels: NIfTI with the input's affine and header geometry
+    out_probabilities.nii.gz    with probabilities=True: 4D float32, one volume per prompt
+    out.nii.gz.zarr/            working store
+
+Final files are written to a temporary name and renamed when complete, so a file with the
+requested name is always whole.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._files import check_file_target
+from .labels import label_color
+
+#: Output kinds by suffix; a path without a suffix is a zarr store.
+OUTPUT_SUFFIXES = {
+    ".zarr": "zarr",
+    "": "zarr",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+}
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def output_kind(out: str | Path) -> str:
+    """``"zarr"``, ``"tiff"`` or ``"nifti"`` for an output path, by its suffix."""
+    out = Path(out)
+    kind = OUTPUT_SUFFIXES.get(_suffix(out))
+    if kind is None:
+        raise ValueError(
+            f"unsupported output '{out}': expected a .zarr store, a .tif/.tiff file or a "
+            ".nii/.nii.gz file (vector outputs are written with --vector / write_vector)"
+        )
+    return kind
+
+
+def working_store(out: str | Path) -> Path:
+    """The zarr store a run writes into: ``out`` itself, or ``out + ".zarr"`` for files."""
+    out = Path(out)
+    return out if output_kind(out) == "zarr" else out.with_name(out.name + ".zarr")
+
+
+def probabilities_path(out: str | Path) -> Path:
+    """``water.tif`` -> ``water_probabilities.tif``, ``ct.nii.gz`` -> ``ct_probabilities.nii.gz``.
+
+    Only the name changes: the folder and the suffix stay.
+    """
+    out = Path(out)
+    suffix = _suffix(out)
+    stem = out.name[: len(out.name) - len(suffix)] if suffix else out.name
+    return out.with_name(f"{stem}_probabilities{out.name[len(stem) :]}")
+
+
+def final_files(out: Path, *, probabilities: bool) -> list[Path]:
+    """The files an output writes besides its working store (none for a zarr store)."""
+    if output_kind(out) == "zarr":
+        return []
+    return [out, probabilities_path(out)] if probabilities else [out]
+
+
+def check_targets(
+    out: Path | None,
+    *,
+    vector: Path | None = None,
+    probabilities: bool = False,
+    input_path: Path | None,
+    overwrite: bool,
+    resume_existing: bool,
+    spatial_shape: tuple[int, ...],
+) -> None:
+    """Refuse final files that overlap the input or exist (unless overwriting or resuming),
+    and vector output for an image that is not 2D.
+
+    ``resume_existing``: the run resumes an existing working store, so existing final files
+    were written from it and are left as they are.
+    """
+    files = final_files(out, probabilities=probabilities) if out is not None else []
+    if vector is not None:
+        from .vector import check_vector_target
+
+        if len(spatial_shape) != 2:
+            raise ValueError(
+                f"vector output ('{vector}') needs a 2D image; this one has spatial shape "
+                f"{tuple(spatial_shape)}"
+            )
+        check_vector_target(vector, overwrite=overwrite or resume_existing)
+        files.append(vector)
+    for f in files:
+        if input_path is not None:
+            a, b = f.resolve(), input_path.resolve()
+            if a == b or b in a.parents or a in b.parents:
+                raise ValueError(
+                    f"output '{f}' overlaps the input '{input_path}'; the input is never "
+                    "written to, choose another output path"
+                )
+        check_file_target(f, overwrite=overwrite or resume_existing)
+
+
+def export(
+    store: Any,
+    out: Path | None,
+    *,
+    label_names: Mapping[int, str],
+    source_metadata: Mapping[str, Any],
+    probabilities: bool = False,
+    vector: Path | None = None,
+    simplify: float | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write the final files of a complete run from its working ``store`` (anything with
+    ``labels`` and ``probabilities`` arrays): the labels (and probabilities) file of a TIFF or
+    NIfTI ``out``, and the ``vector`` polygons.
+
+    Files that exist are left alone unless ``overwrite`` (a resumed run whose files were
+    already written). Returns the files written.
+    """
+    jobs: list[tuple[Path, Any, str]] = []
+    if out is not None and output_kind(out) != "zarr":
+        jobs.append((out, store.labels, "labels"))
+        if probabilities:
+            jobs.append((probabilities_path(out), store.probabilities, "probabilities"))
+    written = []
+    for path, data, what in jobs:
+        if path.exists() and not overwrite:
+            continue
+        if what == "labels":
+            write_labels(path, data, label_names=label_names, geometry=source_metadata,
+                         overwrite=True)  # fmt: skip
+        else:
+            _PROBABILITY_WRITERS[output_kind(path)](path, data, label_names, source_metadata)
+        written.append(path)
+    if vector is not None and (overwrite or not vector.exists()):
+        from .vector import write_vector
+
+        write_vector(
+            vector, store.labels, label_names, transform=source_metadata.get("transform"),
+            crs_wkt=source_metadata.get("crs_wkt"), simplify=simplify, overwrite=overwrite,
+        )  # fmt: skip
+        written.append(vector)
+    return written
+
+
+def write_labels(
+    path: str | Path,
+    labels: Any,
+    *,
+    label_names: Mapping[int, str],
+    geometry: Mapping[str, Any] | None = None,
+    name: str = "labels",
+    overwrite: bool = False,
+) -> Path:
+    """Write a label array (numpy, dask or zarr; read block by block) to ``path``, by suffix.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.zarr`` (an OME-Zarr store with ``labels/{name}``), ``.tif``/``.tiff`` (a GeoTIFF
+        with the CRS and transform in ``geometry``, else a plain tiled TIFF) or
+        ``.nii``/``.nii.gz`` (NIfTI with ``geometry["affine"]``).
+    labels : (Y, X) or (Z, Y, X) integer array-like
+    label_names : mapping of int to str
+        Name of every label value, kept in the file (image-label properties, TIFF tags,
+        NIfTI description).
+    geometry : mapping, optional
+        The source's metadata: ``scale``, ``translate``, ``units``, ``crs_wkt``,
+        ``transform``, ``affine`` (see docs/formats.md).
+    name : str
+        Name of the labels inside an OME-Zarr store.
+    overwrite : bool
+        Replace an existing file (for ``.zarr``: a store).
+    """
+    path = Path(path)
+    return _LABEL_WRITERS[output_kind(path)](
+        path, labels, label_names, dict(geometry or {}), name, overwrite
+    )
+
+
+def _zarr_labels(
+    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool
+) -> Path:
+    from .ome import write_labels_store
+
+    return write_labels_store(
+        path, data, name=name, label_names=names, scale=meta.get("scale"),
+        translate=meta.get("translate"), units=meta.get("units"), overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _tiff_labels(
+    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool
+) -> Path:
+    check_file_target(path, overwrite=overwrite)
+    ndim = len(data.shape)
+    if meta.get("transform") is not None and ndim == 2:
+        from .geotiff import label_tags, write_geotiff
+
+        return write_geotiff(
+            path,
+            data,
+            crs_wkt=meta.get("crs_wkt"),
+            transform=meta["transform"],
+            descriptions=["labels"],
+            tags=label_tags(names),
+            colormap={0: (0, 0, 0, 0), **{int(i): label_color(int(i)) for i in names}},
+            overwrite=True,
+        )
+    return write_tiff(path, data, axes="ZYX"[3 - ndim :])
+
+
+def _tiff_probabilities(
+    path: Path, data: Any, names: Mapping[int, str], meta: Mapping[str, Any]
+) -> None:
+    ndim = len(data.shape) - 1
+    if meta.get("transform") is not None and ndim == 2:
+        from .geotiff import label_tags, write_geotiff
+
+        write_geotiff(
+            path,
+            data,
+            crs_wkt=meta.get("crs_wkt"),
+            transform=meta["transform"],
+            descriptions=[names[i] for i in sorted(names)],
+            tags=label_tags(names, {"content": "probabilities"}),
+            overwrite=True,
+        )
+        return
+    write_tiff(path, data, axes="C" + "ZYX"[3 - ndim :])
+
+
+def write_tiff(path: Path, data: Any, *, axes: str, tile: int = 256) -> Path:
+    """Write an array as a tiled, zlib-compressed TIFF, tile by tile (no georeferencing)."""
+    import tifffile
+
+    from ._files import atomic_path
+
+    shape = tuple(int(s) for s in data.shape)
+    lead_shape, (height, width) = shape[:-2], shape[-2:]
+
+    def tiles():
+        for lead in np.ndindex(*lead_shape):
+            for y0 in range(0, height, tile):
+                for x0 in range(0, width, tile):
+                    key = (*lead, slice(y0, y0 + tile), slice(x0, x0 + tile))
+                    yield np.asarray(data[key])
+
+    with atomic_path(path, overwrite=True) as tmp:
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=shape,
+            dtype=np.dtype(data.dtype),
+            tile=(tile, tile),
+            compression="zlib",
+            photometric="minisblack",
+            metadata={"axes": axes},
+        )
+    return path
+
+
+def _nifti_affine(path: Path, ndim: int, meta: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The affine to write and the NIfTI file whose header to copy geometry from, if any."""
+    affine = meta.get("affine")
+    template = meta.get("source") if meta.get("format") == "nifti" else None
+    if affine is None:
+        scale = list(meta.get("scale") or [1.0] * ndim)[-ndim:]
+        affine = np.diag([*reversed([float(s) for s in scale]), *([1.0] * (4 - ndim))]).tolist()
+        warnings.warn(
+            f"the input has no voxel-to-world affine; '{path}' is written with voxel sizes "
+            f"{scale[::-1]} (i, j, k) and its origin at 0",
+            UserWarning,
+            stacklevel=5,
+        )
+    if template is not None and not Path(template).is_file():
+        template = None  # the input moved since the run started: write the recorded affine
+    return affine, template
+
+
+def _nifti_labels(
+    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool
+) -> Path:
+    from .medical import label_description, write_nifti
+
+    affine, template = _nifti_affine(path, len(data.shape), meta)
+    return write_nifti(
+        path, data, affine=affine, template=template, intent="label",
+        descrip=label_description(names), overwrite=overwrite,
+    )  # fmt: skip
+
+
+def _nifti_probabilities(
+    path: Path, data: Any, names: Mapping[int, str], meta: Mapping[str, Any]
+) -> None:
+    from .medical import write_nifti
+
+    affine, template = _nifti_affine(path, len(data.shape) - 1, meta)
+    prompts = " ".join(f"{i}={names[i]}" for i in sorted(names))
+    write_nifti(
+        path, data, affine=affine, template=template,
+        descrip=f"napari-llmseg probabilities: {prompts}", overwrite=True,
+    )  # fmt: skip
+
+
+#: Output kind -> writer of a label array ``(path, data, names, geometry, name, overwrite)``.
+_LABEL_WRITERS = {"zarr": _zarr_labels, "tiff": _tiff_labels, "nifti": _nifti_labels}
+#: Output kind -> writer of a (P, *spatial) probability array, beside a labels file.
+_PROBABILITY_WRITERS = {"tiff": _tiff_probabilities, "nifti": _nifti_probabilities}

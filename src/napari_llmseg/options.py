@@ -1,0 +1,286 @@
+"""The options of a segmentation run: one frozen, validated object for the API, CLI and widget.
+
+:class:`SegmentOptions` checks every value when it is made, so a bad value fails before any
+file is opened or any output written, with a message naming the value and what was expected.
+Checks that need the image (a window larger than the image, physical sizes without a pixel
+size, a 3D window on a 2D image) happen when the run is planned (:mod:`napari_llmseg.api`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Smallest window edge the engine accepts.
+MIN_ROI = 16
+#: Smallest output chunk edge.
+MIN_CHUNK = 16
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """A non-empty list of distinct, non-blank prompts (stripped)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty string or list of strings, got {prompts!r}")
+    out = []
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"every prompt must be a string, got {p!r} ({type(p).__name__})")
+        if not p.strip():
+            raise ValueError(f"prompts must not be empty or blank, got {p!r}")
+        out.append(p.strip())
+    dupes = sorted({p for p in out if out.count(p) > 1})
+    if dupes:
+        raise ValueError(
+            f"each prompt must be given once; repeated: {', '.join(map(repr, dupes))}"
+        )
+    return out
+
+
+def _number(name: str, value: Any, lo: float, hi: float, *, hi_open: bool) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    ok = lo <= v < hi if hi_open else lo <= v <= hi
+    if not ok or math.isnan(v):
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in [{lo}, {hi}{bracket}, got {value!r}")
+    return v
+
+
+def _int(name: str, value: Any, lo: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _roi(value: Any) -> int | tuple[int, ...] | None:
+    if value is None:
+        return None
+    items = (value,) if np.isscalar(value) else tuple(value)
+    if not items or not all(
+        isinstance(r, (int, np.integer)) and not isinstance(r, bool) for r in items
+    ):
+        raise ValueError(f"roi_size must be an int or a sequence of ints, got {value!r}")
+    if any(r < MIN_ROI for r in items):
+        raise ValueError(f"roi_size must be at least {MIN_ROI} pixels, got {value!r}")
+    return int(items[0]) if np.isscalar(value) else tuple(int(r) for r in items)
+
+
+def _path(name: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise TypeError(f"{name} must be a path, got {value!r}")
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment: window, model, output and post-processing options.
+
+    Every option of :func:`napari_llmseg.segment` (and ``napari-llmseg segment``); made once,
+    checked once, never changed (``dataclasses.replace`` makes a modified copy).
+
+    Parameters
+    ----------
+    model : None, str, PathLike, PromptSegmenter or callable
+        None for the embedded ``llmseg-tiny``; a name from :func:`list_models`; a local model
+        folder; a loaded backend; or ``f(batch, prompts) -> logits`` taking a float32 torch
+        tensor (B, C, H, W) of raw (un-normalised) pixels and returning (B, P, H, W).
+    roi_size : int or tuple of int, optional
+        Window size (default: the model's, 256 for llmseg-tiny); at least 16. Windows larger
+        than the image are padded, as in MONAI.
+    overlap : float
+        Overlap of neighbouring windows, in [0, 1).
+    batch_size : int
+        Windows per model call; windows of different planes share batches.
+    blend : {"gaussian", "constant"}
+        Weighting of overlapping windows (MONAI's ``mode``); logits are blended, then the
+        sigmoid is applied.
+    threshold : float
+        Probability above which a pixel is labelled; where several prompts pass, the most
+        probable wins.
+    device : str
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+    channel_axis : int, optional
+        Axis of the image that holds channels; without it every axis is spatial.
+    bands : sequence of int or str, or str, optional
+        Bands of a (Geo)TIFF to segment, by 1-based index or description, e.g. ``"3,2,1"``
+        for a Landsat RGB composite.
+    window : str or (float, float), optional
+        CT window replacing the percentile normalisation: a preset (``"bone"``,
+        ``"soft-tissue"``, ``"lung"``, ``"brain"``), ``"L,W"`` or ``(level, width)`` in HU.
+    out : str or PathLike, optional
+        Where to write the result; without it the result is returned in memory. A ``.zarr``
+        store (or a path without suffix) receives ``labels`` and ``probabilities`` chunk by
+        chunk. A ``.tif``/``.tiff`` file gets the labels as a tiled, compressed GeoTIFF with
+        the input's CRS and transform (a plain TIFF for inputs without georeferencing); a
+        ``.nii``/``.nii.gz`` file gets them as NIfTI with the input's affine. Both are written
+        from a working store ``out + ".zarr"`` once the run (and any post-processing) is
+        complete (see ``docs/formats.md``).
+    resume : bool
+        Complete an interrupted run in ``out``: only chunks not yet written are computed,
+        and the result is identical to an uninterrupted run.
+    overwrite : bool
+        Replace an existing ``out`` (only a napari-llmseg store or an empty folder).
+    chunks : int, optional
+        Output chunk edge along the window axes (default 512 for 2D windows, 256 for 3D).
+    instances : bool
+        Also label objects: ``result.instances`` gives every connected object of one class a
+        single id across the whole input (chunk by chunk, identical to labelling the whole
+        array at once), and ``result.instance_classes`` maps ids to prompts.
+    split : bool
+        With ``instances=True``, split touching objects of one class by a watershed from the
+        peaks of their (smoothed) distance transform, instead of one id per connected region.
+    min_size : float or str
+        Remove objects smaller than this: a number of pixels (voxels), or a physical size
+        such as ``"20 um^3"`` or ``"0.5 mL"`` when the image has a scale with units.
+    fill_holes : bool
+        Fill background enclosed by one class, plane by plane (holes up to the output chunk
+        plus 64 px on each side).
+    smooth : int
+        Radius in pixels of a morphological opening of every class (0: none).
+    scheduler : None, str or distributed.Client
+        Run on Dask's distributed scheduler: ``"local:N"`` (a local cluster of N
+        single-threaded worker processes), a scheduler address (``"tcp://host:8786"``) or a
+        ``Client``. Needs ``out=`` on storage every worker can reach. The result is
+        bit-identical to a single-process run with the same torch thread count.
+    probabilities : bool
+        With a TIFF or NIfTI ``out=``, also write the probabilities to
+        ``{stem}_probabilities{suffix}`` (one band or volume per prompt).
+    vector : str or PathLike, optional
+        Also write polygons of the labels (2D inputs) to a ``.gpkg`` or ``.geojson`` file, in
+        the input's CRS, with fields label, value and area.
+    simplify : float, optional
+        Simplify the ``vector`` polygons with this tolerance in CRS units.
+    """
+
+    model: Any = None
+    roi_size: int | tuple[int, ...] | None = None
+    overlap: float = 0.25
+    batch_size: int = 4
+    blend: str = "gaussian"
+    threshold: float = 0.5
+    device: str = "auto"
+    channel_axis: int | None = None
+    bands: Any = None
+    window: Any = None
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    chunks: int | None = None
+    instances: bool = False
+    split: bool = False
+    min_size: float | str = 0
+    fill_holes: bool = False
+    smooth: int = 0
+    scheduler: Any = None
+    probabilities: bool = False
+    vector: Path | None = None
+    simplify: float | None = None
+
+    def __post_init__(self) -> None:
+        from .engine.normalize import parse_window
+        from .engine.windows import BlendMode
+        from .io.write import output_kind
+        from .postprocess.cleanup import check_size
+
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("roi_size", _roi(self.roi_size))
+        put("overlap", _number("overlap", self.overlap, 0.0, 1.0, hi_open=True))
+        put("threshold", _number("threshold", self.threshold, 0.0, 1.0, hi_open=False))
+        put("batch_size", _int("batch_size", self.batch_size, 1, "a positive integer"))
+        try:
+            put("blend", BlendMode(self.blend).value)
+        except ValueError:
+            raise ValueError(
+                f"blend must be 'gaussian' or 'constant', got {self.blend!r}"
+            ) from None
+        device = "auto" if self.device is None else str(self.device).strip().lower()
+        if not _DEVICE_RE.match(device):
+            raise ValueError(
+                f"unknown device {self.device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or "
+                "'mps'"
+            )
+        put("device", device)
+        if self.channel_axis is not None:
+            put("channel_axis", _int("channel_axis", self.channel_axis, -(2**31), "an integer"))
+        if self.window is not None:
+            put("window", parse_window(self.window))
+        if self.chunks is not None:
+            put("chunks", _int("chunks", self.chunks, MIN_CHUNK, f"an integer >= {MIN_CHUNK}"))
+        put("smooth", _int("smooth", self.smooth, 0, "a radius in pixels (an integer >= 0)"))
+        check_size(self.min_size)
+        put("out", _path("out", self.out))
+        if self.out is not None:
+            output_kind(self.out)  # an unsupported suffix fails before any work
+        put("vector", _path("vector", self.vector))
+        for flag in ("resume", "overwrite", "instances", "split", "fill_holes", "probabilities"):
+            put(flag, bool(getattr(self, flag)))
+        if self.split and not self.instances:
+            raise ValueError("split=True (--split) separates objects: it needs instances=True "
+                             "(--instances)")  # fmt: skip
+        if self.scheduler is not None and self.out is None:
+            raise ValueError(
+                "scheduler= needs out=: a zarr store on storage that every worker can reach"
+            )
+        if self.vector is not None:
+            from .io.vector import vector_driver
+
+            vector_driver(self.vector)
+        if self.simplify is not None:
+            if self.vector is None:
+                raise ValueError("simplify= applies to vector output; add vector='out.gpkg'")
+            put("simplify", _number("simplify", self.simplify, 0.0, math.inf, hi_open=True))
+
+    @classmethod
+    def build(cls, options: SegmentOptions | None = None, **changes: Any) -> SegmentOptions:
+        """``options`` (or the defaults) with ``changes`` applied, checked.
+
+        Raises
+        ------
+        TypeError
+            For a name that is not an option; the message lists the options.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"options are: {', '.join(sorted(names))}"
+            )
+        if options is None:
+            return cls(**changes)
+        if not isinstance(options, cls):
+            raise TypeError(f"options must be a SegmentOptions, got {type(options).__name__}")
+        return dataclasses.replace(options, **changes) if changes else options
+
+    def to_record(self) -> dict[str, Any]:
+        """The options as JSON values, for provenance (models and schedulers by name)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif value is not None and not isinstance(value, (str, int, float, bool, list)):
+                value = type(value).__name__
+            out[f.name] = value
+        return out

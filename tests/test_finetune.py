@@ -113,7 +113,7 @@ def test_existing_output_needs_overwrite_and_a_model_folder(rng, tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
         finetune(image, labels, "square", out=out, epochs=1)
-    with pytest.raises(FileExistsError, match="holds no model"):
+    with pytest.raises(FileExistsError, match="not a model folder written by napari-llmseg"):
         finetune(image, labels, "square", out=out, epochs=1, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
     finetune(image, labels, "square", out=tmp_path / "m", epochs=1, steps_per_epoch=1)

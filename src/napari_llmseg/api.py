@@ -12,9 +12,11 @@ thread, :func:`segment` drains it and calls ``progress``. Both take the options 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .engine.fingerprint import input_fingerprint, model_fingerprint
+from .engine.lock import StoreLock
 from .engine.normalize import IntensityStats, compute_stats
 from .engine.predictor import make_predictor
-from .engine.store import SCRATCH_ARRAYS, OutputStore, check_output_path
+from .engine.store import SCRATCH_ARRAYS, OutputStore, _is_our_store, check_output_path
 from .engine.stream import MemorySink, Progress, drain, relay, run
 from .engine.windows import WindowPlan, importance_map
 from .io.labels import label_names_of
+from .io.ome import ATTR_KEY
 from .io.open import open_image
 from .io.source import ImageSource
 from .options import SegmentOptions, check_prompts
@@ -65,6 +70,7 @@ class RunPlan:
     post: PostProcess
     attrs: dict  # provenance and parameters, recorded in the store
     store_path: Path | None  # the zarr store written chunk by chunk
+    writing: bool = False  # set once this run has created or resumed its store
 
     @property
     def model(self) -> Any:
@@ -85,45 +91,107 @@ def iter_segment(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult."""
     opts = SegmentOptions.build(options, **changes)
-    run_plan = plan_run(image, check_prompts(prompts), opts)
-    action, store, done, stored_stats = _open_store(run_plan)
-    stats = stored_stats or _statistics(run_plan)
-    run_plan.attrs["stats"] = stats.to_dict()
-    if action in ("create", "replace"):
-        store = _create_store(run_plan, replace=action == "replace")
-    sink = store if store is not None else _memory_sink(run_plan)
+    with _collect_warnings() as notes:
+        job = plan_run(image, check_prompts(prompts), opts)
+    lock = StoreLock(job.store_path) if job.store_path is not None else None
+    try:
+        action = _check_output(job)  # before anything is written
+        if lock is not None:
+            lock.acquire()
+            action = _check_output(job)  # again: another run may have written meanwhile
+        return (yield from _run(job, action, cancel, notes, lock))
+    except BaseException as err:
+        _record_failure(job, lock, err)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    job: RunPlan, action: str, cancel: Any, notes: list[str], lock: StoreLock | None
+) -> Generator[Progress, None, SegmentationResult]:
+    """Everything after planning, with the store locked: statistics, prediction, objects,
+    final files."""
+    opts = job.options
+    store, done, stats = _open_store(job, action, notes)
+    if store is None and action in ("create", "replace"):
+        store = _create_store(job, replace=action == "replace")
+    job.writing = store is not None
+    sink = store if store is not None else _memory_sink(job)
     predictor = make_predictor(
-        run_plan.model, run_plan.prompts, stats=stats, n_channels=run_plan.source.n_channels,
-        device=run_plan.device,
+        job.model, job.prompts, stats=stats, n_channels=job.source.n_channels,
+        device=job.device,
     )  # fmt: skip
-    stitcher = _stitcher(run_plan, store) if _stitches(run_plan) else None
+    stitcher = _stitcher(job, store) if _stitches(job) else None
     if stitcher is not None:
         done = None  # matching objects across windows needs every window again
     if store is not None:
         store.update_attrs(status="running")
-    info = yield from _predict(run_plan, predictor, stats, sink, done, stitcher, cancel)
+    info = yield from _predict(job, predictor, stats, sink, done, stitcher, cancel)
     complete = not info.cancelled
     objects: tuple[Any, Any] = (None, None)
-    if complete and (stitcher is not None or opts.instances or run_plan.post.active):
-        found = yield from _objects(run_plan, sink, store, stitcher, cancel)
+    if complete and (stitcher is not None or opts.instances or job.post.active):
+        found = yield from _objects(job, sink, store, stitcher, cancel)
         complete = found is not None
         objects = found or objects
-    files = _finish(run_plan, sink, store, complete, info)
+    if lock is not None:
+        lock.verify()  # never report another run's result as this one's
+    files = _finish(job, sink, store, complete, info)
+    metadata = (
+        store.attrs
+        if store is not None
+        else {**job.attrs, "batch_size_used": info.batch_size_used}
+    )
     return SegmentationResult(
         probabilities=sink.probabilities,
         labels=sink.labels,
-        label_names=run_plan.label_names,
-        prompts=run_plan.prompts,
-        out=run_plan.store_path,
+        label_names=job.label_names,
+        prompts=job.prompts,
+        out=job.store_path,
         complete=complete,
         info=info,
         stats=stats,
-        metadata=store.attrs if store is not None else {**run_plan.attrs,
-                                                          "batch_size_used": info.batch_size_used},
+        metadata=metadata,
         instances=objects[0],
         instance_classes=objects[1],
         files=files,
-    )  # fmt: skip
+        warnings=notes,
+    )
+
+
+@contextlib.contextmanager
+def _collect_warnings() -> Iterator[list[str]]:
+    """Warnings raised while planning (what was assumed about the input, a GeoTIFF without
+    CRS...): passed on as usual and kept for ``SegmentationResult.warnings``."""
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield notes
+    for w in caught:
+        notes.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _record_failure(job: RunPlan, lock: StoreLock | None, err: BaseException) -> None:
+    """Leave the store's status honest after an error or an interrupt (best effort: the
+    disk may be full). Only a store this run holds the lock of is touched."""
+    if lock is None or lock.record is None or job.store_path is None or not job.writing:
+        return  # a run refused before it wrote anything leaves the store as it was
+    try:
+        lock.verify()
+        if _is_our_store(job.store_path):
+            import zarr
+
+            group = zarr.open_group(job.store_path, mode="r+")
+            attrs = dict(group.attrs[ATTR_KEY])  # type: ignore[arg-type]
+            interrupted = isinstance(err, (KeyboardInterrupt, GeneratorExit))
+            attrs["status"] = "cancelled" if interrupted else "failed"
+            if not interrupted:
+                attrs["error"] = f"{type(err).__name__}: {err}"
+            group.attrs[ATTR_KEY] = attrs
+    except Exception:
+        pass
 
 
 def segment(
@@ -207,6 +275,7 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     n_lead = len(shape) - dims
     edge = DEFAULT_CHUNK.get(dims, 256) if opts.chunks is None else opts.chunks
     out_chunks = (1,) * n_lead + tuple(min(edge, s) for s in shape[n_lead:])
+    _check_memory(roi, opts.batch_size, source.n_channels, len(prompts))
     plan = WindowPlan(shape, roi, opts.overlap, out_chunks)
     meta = source.metadata
     post = PostProcess(
@@ -248,6 +317,47 @@ def resolve_model(model: Any, device: str) -> tuple[Any, Callable | None, dict]:
         "model must be None, a model name, a folder path, a backend object or a callable "
         f"f(batch, prompts) -> logits; got {type(model).__name__}"
     )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(roi: tuple[int, ...], batch: int, channels: int, prompts: int) -> None:
+    """Refuse, before anything is read or written, a window so large that one batch of raw
+    windows, model input and logits cannot fit in the memory this machine has free (the
+    model's own activations come on top). MONAI pads an image smaller than the window up to
+    the window, so a huge ``roi_size`` costs memory however small the image."""
+    free = available_memory()
+    pixels = math.prod(roi)
+    need = batch * pixels * (channels + 3 + 2 * prompts) * 4 + pixels * 4
+    if free is not None and need > free:
+        window = " x ".join(str(r) for r in roi)
+        raise ValueError(
+            f"roi_size {window} with batch_size {batch} needs at least {_bytes(need)} of memory "
+            f"per batch, more than the {_bytes(free)} available; use a smaller roi_size or "
+            "batch_size"
+        )
+
+
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} EiB"
 
 
 def _check_window(opts: SegmentOptions, backend: Any, source: ImageSource) -> None:
@@ -317,26 +427,50 @@ def _provenance(
 
 
 # --- output store -------------------------------------------------------------------------
-def _open_store(job: RunPlan) -> tuple[str, OutputStore | None, np.ndarray | None, Any]:
-    """Check the output targets -> (action, store, done, stats); ``action`` is "memory",
-    "create", "replace" or "resume", and only a resumed store is opened here."""
-    opts = job.options
-    if job.store_path is None:
-        return "memory", None, None, None
-    action = check_output_path(
-        job.store_path, input_path=job.source.path, overwrite=opts.overwrite, resume=opts.resume
-    )
+def _check_output(job: RunPlan) -> str:
+    """Check every output target before anything is written -> "memory", "create",
+    "replace" or "resume"."""
     from .io.write import check_targets
 
+    opts = job.options
+    inputs = job.source.backing_paths()
+    action = "memory"
+    if job.store_path is not None:
+        action = check_output_path(
+            job.store_path, input_paths=inputs, overwrite=opts.overwrite, resume=opts.resume
+        )
     check_targets(
-        opts.out, vector=opts.vector, probabilities=opts.probabilities,
-        input_path=job.source.path, overwrite=opts.overwrite,
-        resume_existing=action == "resume", spatial_shape=job.plan.shape,
+        opts.out, vector=opts.vector, probabilities=opts.probabilities, input_paths=inputs,
+        overwrite=opts.overwrite, resume_existing=action == "resume",
+        spatial_shape=job.plan.shape,
     )  # fmt: skip
+    return action
+
+
+def _open_store(
+    job: RunPlan, action: str, notes: list[str]
+) -> tuple[OutputStore | None, np.ndarray | None, IntensityStats]:
+    """Fingerprints and statistics; a resumed store is opened and its chunks verified ->
+    (store, done, stats)."""
+    if job.store_path is not None:
+        job.attrs["input_fingerprint"] = input_fingerprint(job.source)
+        job.attrs["model_fingerprint"] = model_fingerprint(job.model)
     if action != "resume":
-        return action, None, None, None
+        stats = _statistics(job)
+        job.attrs["stats"] = stats.to_dict()
+        return None, None, stats
+    assert job.store_path is not None
     store, stored = OutputStore.open_for_resume(job.store_path, job.attrs)
-    return action, store, store.done_grid(), IntensityStats.from_dict(stored["stats"])
+    done, rejected = store.verified_done(job.plan)
+    if rejected:
+        notes.append(
+            f"{rejected} finished chunk(s) of '{job.store_path}' were missing, damaged or "
+            "changed since they were written; they were computed again"
+        )
+        warnings.warn(notes[-1], UserWarning, stacklevel=4)
+    stats = IntensityStats.from_dict(stored["stats"])
+    job.attrs["stats"] = stats.to_dict()
+    return store, done, stats
 
 
 def _create_store(job: RunPlan, *, replace: bool) -> OutputStore:

@@ -7,10 +7,14 @@ Exit codes: 0 on success, 2 for bad arguments or input (one line naming the bad 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .backends.hf import WeightsUnavailableError
 from .io._optional import MissingExtraError
@@ -46,10 +50,17 @@ def _probability(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors in one line (the usage is in --help)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"napari-llmseg: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="napari-llmseg",
         description="Text-prompted segmentation of images larger than memory.",
     )
@@ -224,12 +235,16 @@ def _train(args: argparse.Namespace) -> int:
 
     from .training.finetune import finetune
 
-    bar = None if args.quiet else tqdm(total=args.epochs, unit="epoch", desc="fine-tuning")
+    bar = None
 
     def progress(epoch: int, total: int, loss: float, dice: float) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", val_dice=f"{dice:.3f}")
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:  # made on the first epoch: a refused run prints one line only
+            bar = tqdm(total=total, unit="epoch", desc="fine-tuning")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", val_dice=f"{dice:.3f}")
 
     try:
         result = finetune(
@@ -292,8 +307,6 @@ def segment_options(args: argparse.Namespace) -> SegmentOptions:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    import threading
-
     from tqdm import tqdm
 
     from .api import segment
@@ -317,20 +330,22 @@ def _segment(args: argparse.Namespace) -> int:
 
     cancel = threading.Event()
     try:
-        result = segment(args.input, args.prompts, options=options, progress=progress,
-                         cancel=cancel)  # fmt: skip
+        with _graceful_signals(cancel) as received:
+            result = segment(args.input, args.prompts, options=options, progress=progress,
+                             cancel=cancel)  # fmt: skip
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        print(
-            f"napari-llmseg: interrupted; finished chunks are in {args.out}, "
-            "complete them with the same command and --resume",
-            file=sys.stderr,
-        )
+        print(_resume_hint("interrupted", args.out), file=sys.stderr)
         return 130
     finally:
         if bar is not None:
             bar.close()
+    if not result.complete:
+        signum = received.get("signal", signal.SIGINT)
+        print(_resume_hint(f"cancelled ({signal.Signals(signum).name})", args.out),
+              file=sys.stderr)  # fmt: skip
+        return 128 + int(signum)
     for path in result.files:
         print(f"wrote {path}")
     if result.out is not None and result.out != options.out:
@@ -368,19 +383,105 @@ def _models() -> int:
     return 0
 
 
+def _resume_hint(what: str, out: str) -> str:
+    return (
+        f"napari-llmseg: {what}; finished chunks are in {out}, complete them with the same "
+        "command and --resume"
+    )
+
+
+@contextlib.contextmanager
+def _graceful_signals(cancel: threading.Event) -> Iterator[dict]:
+    """The first Ctrl-C, SIGTERM or SIGHUP stops the run after its current batch (finished
+    chunks stay written, the store says "cancelled" and --resume completes it); a second
+    Ctrl-C stops at once."""
+    received: dict[str, int] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if cancel.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.setdefault("signal", signum)
+        cancel.set()
+        print(
+            f"napari-llmseg: {signal.Signals(signum).name}: stopping after the current batch "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signals reach the main thread only
+        return
+    wanted = [signal.SIGINT, signal.SIGTERM] + (
+        [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
+    )
+    previous = {s: signal.signal(s, handler) for s in wanted}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+#: errno values that mean "this place cannot be written": read-only, full, over quota, denied.
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:  # fmt: skip
+    print(f"napari-llmseg: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-llmseg`` console script."""
+    """Entry point of the ``napari-llmseg`` console script.
+
+    Exit codes: 0 success; 2 bad arguments or input, an output that cannot be written (read
+    only, disk full, locked by another run); 128 + N after signal N (130 for Ctrl-C); 1 for
+    an internal error. Errors are one line on stderr; set NAPARI_LLMSEG_DEBUG=1 to see the
+    traceback of an internal error.
+    """
+    import os
+    import warnings
+
+    from .engine.lock import StoreLockedError, StoreReplacedError
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         if args.command == "segment":
             return _segment(args)
         if args.command == "train":
             return _train(args)
         return _models()
-    except USER_ERRORS as err:
-        print(f"napari-llmseg: error: {err}", file=sys.stderr)
+    except (*USER_ERRORS, StoreLockedError, StoreReplacedError) as err:
+        print(f"napari-llmseg: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # read-only file system, disk full, permission denied...
+        where = err.filename or getattr(args, "out", None)
+        reason = err.strerror or _one_line(err)
+        verb = "write" if err.errno in _WRITE_ERRNOS else "read or write"
+        place = f" '{where}'" if where else ""
+        print(f"napari-llmseg: error: cannot {verb}{place}: {reason}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-llmseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("NAPARI_LLMSEG_DEBUG"):
+            raise
+        print(
+            f"napari-llmseg: internal error: {type(err).__name__}: {_one_line(err)} (set "
+            "NAPARI_LLMSEG_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -80,6 +80,24 @@ def _roi(value: Any) -> int | tuple[int, ...] | None:
     return int(items[0]) if np.isscalar(value) else tuple(int(r) for r in items)
 
 
+def check_scheduler(scheduler: Any) -> None:
+    """Refuse a scheduler= that is neither ``"local:N"`` (N >= 1), an address such as
+    ``"tcp://host:8786"``, nor a ``distributed.Client`` (checked without importing it)."""
+    if scheduler is None or type(scheduler).__name__ == "Client":
+        return
+    if isinstance(scheduler, str) and scheduler.startswith("local:"):
+        n = scheduler.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"scheduler {scheduler!r}: expected 'local:N' with N >= 1 workers")
+        return
+    if isinstance(scheduler, str) and "://" in scheduler:
+        return
+    raise ValueError(
+        f"scheduler must be 'local:N', a scheduler address such as 'tcp://host:8786', or a "
+        f"distributed.Client; got {scheduler!r}"
+    )
+
+
 def _path(name: str, value: Any) -> Path | None:
     if value is None:
         return None
@@ -236,6 +254,7 @@ class SegmentOptions:
         if self.split and not self.instances:
             raise ValueError("split=True (--split) separates objects: it needs instances=True "
                              "(--instances)")  # fmt: skip
+        check_scheduler(self.scheduler)
         if self.scheduler is not None and self.out is None:
             raise ValueError(
                 "scheduler= needs out=: a zarr store on storage that every worker can reach"

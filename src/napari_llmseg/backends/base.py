@@ -142,6 +142,11 @@ class PromptSegmenter(ABC):
         """JSON-serialisable description recorded in output metadata."""
         return {"name": self.name}
 
+    def weight_files(self) -> list[Path]:
+        """The files the model was loaded from (weights and configuration): what a resumed
+        run checks has not changed. Empty for a model built in memory."""
+        return []
+
     def concepts(self) -> list[str]:
         """What the model was trained or adapted on, if it knows (empty: open vocabulary or
         unknown)."""
@@ -237,6 +242,26 @@ class BackendSpec:
 
 #: Weight files that need pickle to load (and can run code when loaded): always refused.
 PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt", "tf_model.h5")
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header, without reading the weights.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a readable safetensors file (a text file, a damaged header...).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(int(d) for d in f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # SafetensorError, OSError, ...
+        raise ValueError(
+            f"'{path}' is not a valid safetensors file ({type(err).__name__}: "
+            f"{' '.join(str(err).split())})"
+        ) from err
 
 
 def require_safetensors(folder: Path) -> list[Path]:

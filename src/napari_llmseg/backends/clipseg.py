@@ -81,6 +81,9 @@ class CLIPSegBackend(PromptSegmenter):
     def describe(self) -> dict:
         return {"name": self.name, **self.source.describe()}
 
+    def weight_files(self) -> list[Path]:
+        return self.source.files()
+
     def finetune_adapter(self, train_all: bool = False) -> CLIPSegAdapter:
         return CLIPSegAdapter(self, train_all)
 

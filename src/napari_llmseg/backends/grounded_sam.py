@@ -242,6 +242,9 @@ class GroundedSamBackend(PromptSegmenter):
         self.nms_threshold = float(nms_threshold)
         self.max_objects = int(max_objects)
 
+    def weight_files(self) -> list[Path]:
+        return [f for source in self.sources for f in source.files()]
+
     def describe(self) -> dict:
         detector, segmenter = self.sources
         return {

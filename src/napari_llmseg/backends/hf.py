@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .base import require_safetensors
+from .base import require_safetensors, safetensors_shapes
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +85,10 @@ class ModelSource:
         if self.model_id is None:
             return str(self.folder)
         return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+
+    def files(self) -> list[Path]:
+        """config.json, preprocessor/tokenizer JSON and the safetensors weights."""
+        return sorted(p for p in self.folder.glob("*") if p.suffix in (".json", ".safetensors"))
 
     def describe(self) -> dict:
         """JSON-serialisable provenance: the model id and commit, or the folder."""
@@ -349,16 +353,23 @@ def load_pretrained(cls: type[M], folder: Path, *, device: Any, dtype: Any = Non
     Weights are float32 unless ``dtype`` is given. ``cls`` is a concrete transformers model
     class, so no code from the folder is ever run.
     """
-    require_safetensors(folder)
+    for weights in require_safetensors(folder):
+        safetensors_shapes(weights)  # a damaged file fails here, with its name
     import torch
 
-    with _quiet_progress():
-        model = cls.from_pretrained(  # type: ignore[attr-defined]
-            str(folder),
-            use_safetensors=True,
-            local_files_only=True,
-            dtype=resolve_dtype(dtype) or torch.float32,
-        )
+    try:
+        with _quiet_progress():
+            model = cls.from_pretrained(  # type: ignore[attr-defined]
+                str(folder),
+                use_safetensors=True,
+                local_files_only=True,
+                dtype=resolve_dtype(dtype) or torch.float32,
+            )
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(
+            f"cannot load the model in '{folder}': {type(err).__name__}: "
+            f"{' '.join(str(err).split())[:400]}"
+        ) from err
     return model.to(device).eval()
 
 

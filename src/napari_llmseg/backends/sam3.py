@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,9 @@ class Sam3Backend(PromptSegmenter):
         self.default_roi = self.image.edge
         self.score_threshold = float(score_threshold)
         self.mask_logit = float(np.log(mask_threshold / (1.0 - mask_threshold)))
+
+    def weight_files(self) -> list[Path]:
+        return self.source.files()
 
     def describe(self) -> dict:
         return {

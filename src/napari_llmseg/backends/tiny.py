@@ -25,7 +25,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..engine.normalize import IntensityStats
-from .base import BackendSpec, FinetuneAdapter, ModelInfo, PromptSegmenter, require_safetensors
+from .base import (
+    BackendSpec,
+    FinetuneAdapter,
+    ModelInfo,
+    PromptSegmenter,
+    require_safetensors,
+    safetensors_shapes,
+)
 from .text import EMBED_DIM, encode_texts
 
 MODEL_TYPE = "llmseg-tiny"
@@ -185,7 +192,52 @@ def load_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in model folder '{folder}'")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"'{path}' is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"'{path}' must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _int_in(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+#: Bounds of a plausible llmseg-tiny architecture (the shipped one: widths 8..128, 5 levels).
+_ARCH_LIMITS = {"in_channels": (1, 4), "head_dim": (1, 1024), "text_hidden": (1, 8192)}
+
+
+def check_architecture(arch: Any, folder: Path) -> dict:
+    """The ``architecture`` of a config.json as TinySegNet arguments, checked before anything
+    is allocated: integers in plausible ranges, 1 to 8 U-Net levels of at most 4096 channels.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad entry.
+    """
+    where = f"'{folder / 'config.json'}'"
+    if not isinstance(arch, dict):
+        raise ValueError(f"{where} has no 'architecture' object (got {arch!r})")
+    out: dict[str, Any] = {}
+    for key, (lo, hi) in _ARCH_LIMITS.items():
+        value = arch.get(key, 256 if key == "text_hidden" else None)
+        if not _int_in(value, lo, hi):
+            raise ValueError(
+                f"{where}: architecture.{key} must be an integer in [{lo}, {hi}], got {value!r}"
+            )
+        out[key] = value
+    widths: Any = arch.get("widths")
+    plausible = isinstance(widths, list) and 1 <= len(widths) <= 8
+    if not plausible or not all(_int_in(w, 1, 4096) for w in widths):
+        raise ValueError(
+            f"{where}: architecture.widths must be a list of 1 to 8 integers in [1, 4096], got "
+            f"{widths!r}"
+        )
+    out["widths"] = widths
+    return out
 
 
 class LLMSegTiny(PromptSegmenter):
@@ -206,13 +258,18 @@ class LLMSegTiny(PromptSegmenter):
             )
         require_safetensors(self.folder)
         weights = self.folder / "model.safetensors"
-        arch = self.config["architecture"]
-        self.net = TinySegNet(
-            in_channels=arch["in_channels"],
-            widths=arch["widths"],
-            head_dim=arch["head_dim"],
-            text_hidden=arch.get("text_hidden", 256),
-        )
+        arch = check_architecture(self.config.get("architecture"), self.folder)
+        with torch.device("meta"):  # the shapes it must have, without allocating anything
+            expected = {k: tuple(v.shape) for k, v in TinySegNet(**arch).state_dict().items()}
+        found = safetensors_shapes(weights)
+        for name, shape in expected.items():
+            if found.get(name) != shape:
+                raise ValueError(
+                    f"'{weights}' does not fit the architecture in config.json: tensor "
+                    f"{name!r} should have shape {shape}, the file has "
+                    f"{found.get(name, 'no such tensor')}"
+                )
+        self.net = TinySegNet(**arch)
         self.net.load_state_dict(load_file(weights))
         self.device = torch.device(device)
         self.net.to(self.device).eval()
@@ -228,6 +285,9 @@ class LLMSegTiny(PromptSegmenter):
 
     def concepts(self) -> list[str]:
         return [str(c) for c in self.config.get("concepts", [])]
+
+    def weight_files(self) -> list[Path]:
+        return [self.folder / "config.json", self.folder / "model.safetensors"]
 
     def finetune_adapter(self, train_all: bool = False) -> TinyAdapter:
         return TinyAdapter(self, train_all)

@@ -181,6 +181,7 @@ def compute_stats(
         block = data.reshape(-1, source.n_channels)
         if bad is not None:
             block = block[~bad.reshape(-1)]
+        check_float_range(block, source.name)
         for c in range(source.n_channels):
             v = block[:, c]
             if v.dtype.kind == "f":
@@ -201,6 +202,24 @@ def compute_stats(
         lows.append(lo)
         highs.append(hi)
     return IntensityStats(tuple(lows), tuple(highs), p_low, p_high, min(counts), exact)
+
+
+#: Largest finite float32: models compute in float32, so input values must fit.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float_range(values: np.ndarray, name: str) -> None:
+    """Raise ValueError when finite values of a float64 input do not fit in float32."""
+    if values.dtype != np.float64 or values.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        big = np.abs(values) > FLOAT32_MAX
+    if big.any():
+        peak = float(np.nanmax(np.abs(values[big & np.isfinite(values)]), initial=0.0))
+        raise ValueError(
+            f"'{name}' holds values up to {peak:.3g}, beyond the float32 range "
+            f"({FLOAT32_MAX:.3g}) the models compute in; rescale the image first"
+        )
 
 
 def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:

@@ -33,6 +33,7 @@ import numpy as np
 from ..io.source import ImageSource
 from ..postprocess.labels import threshold_labels
 from .allocator import holds_run_allocator
+from .normalize import check_float_range
 from .predictor import Predictor
 from .windows import WindowPlan
 
@@ -239,6 +240,7 @@ class _Reader(threading.Thread):
         self.step = band_step(source, plan, group)
         self.pad = np.asarray(predictor.pad_value(), dtype=np.float32).reshape(-1)
         self.float_input = source.dtype.kind == "f"
+        self.wide_float = source.dtype == np.float64  # values may not fit in float32
         self.may_be_invalid = source.may_be_invalid
 
     def _put(self, item) -> bool:
@@ -333,6 +335,8 @@ class _Reader(threading.Thread):
                 src.append(slice(clo - off, chi - off))
                 dst.append(slice(clo - lo, chi - lo))
             window = np.moveaxis(band[tuple(src)], -1, 0)
+            if self.wide_float:
+                check_float_range(window, self.source.name)
             raw[(i, slice(None), *dst)] = window  # type: ignore[index]
             if band_bad is not None and bad is not None:
                 # Pixels without data: every channel gets the pad value, the pixel is bad.

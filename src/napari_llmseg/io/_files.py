@@ -46,3 +46,21 @@ def check_file_target(final: Path, *, overwrite: bool) -> None:
         raise FileExistsError(
             f"output '{final}' already exists; pass overwrite=True (--overwrite) to replace it"
         )
+
+
+def remove_stale_temporaries(final: str | Path) -> list[Path]:
+    """Delete temporary files :func:`atomic_path` left next to ``final`` (a run killed while
+    writing it); returns them. Call only while holding the output's lock, so that no live
+    writer owns them."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    suffix = "".join(final.suffixes[-2:]) if final.name.endswith(".gz") else final.suffix
+    stale = [
+        p
+        for p in final.parent.glob(f".{final.name}.*")
+        if p.name.endswith(suffix) and p.is_file() and p != final
+    ]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

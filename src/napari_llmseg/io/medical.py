@@ -26,6 +26,7 @@ slice's RescaleSlope and RescaleIntercept.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -129,6 +130,12 @@ def open_nifti(path: str | Path) -> ImageSource:
             f"'{path}' has shape {shape}; expected one 2D or 3D volume (a 4th axis of length "
             "1 at most). Segment one volume at a time, e.g. split it with fslsplit"
         )
+    if any(s < 1 for s in shape):
+        raise ValueError(
+            f"'{path}' declares shape {shape} with an empty axis; every axis needs at least "
+            "one voxel"
+        )
+    _check_data_size(img, path)
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(affine, path)
     hdr = img.header
@@ -152,6 +159,39 @@ def open_nifti(path: str | Path) -> ImageSource:
     }
     meta.update(geometry_metadata(affine, len(spatial)))
     return ImageSource(array, None, name=str(path), path=path, metadata=meta)
+
+
+def _check_data_size(img: Any, path: Path) -> None:
+    """Refuse a header whose shape needs more bytes than the file holds (a truncated file, or
+    a damaged header declaring billions of voxels), before anything is allocated.
+
+    An uncompressed file is compared with its size on disk; a ``.nii.gz`` with the
+    uncompressed size its gzip trailer records (modulo 2^32).
+    """
+    import gzip
+
+    hdr = img.header
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    offset = int(getattr(img.dataobj, "offset", 0) or hdr.get_data_offset())
+    needed = offset + math.prod(int(s) for s in img.shape) * itemsize
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as f:
+            f.seek(-4, 2)
+            recorded = int.from_bytes(f.read(4), "little")
+        if needed % (1 << 32) != recorded:
+            with gzip.open(path) as g:  # the trailer only knows size mod 2^32: count if unsure
+                actual = g.seek(0, 2) if needed < (1 << 32) else None
+            if actual is None or actual < needed:
+                raise ValueError(
+                    f"'{path}' declares shape {tuple(img.shape)} ({needed:,} bytes with its "
+                    "header) but holds less data; the file is truncated or its header damaged"
+                )
+    elif path.stat().st_size < needed:
+        raise ValueError(
+            f"'{path}' declares shape {tuple(img.shape)} ({needed:,} bytes with its header) "
+            f"but holds only {path.stat().st_size:,} bytes; the file is truncated or its "
+            "header damaged"
+        )
 
 
 # --- DICOM -------------------------------------------------------------------------------

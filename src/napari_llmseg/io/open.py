@@ -9,6 +9,7 @@ slice (:mod:`.medical`). Which opener handles a path is decided in one place,
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,27 @@ def open_image(
             f"or .nii/.nii.gz file or a DICOM folder, got {type(image).__name__}"
         )
     _check_dtype(image.dtype, type(image).__name__)
+    _note_channel_guess(tuple(image.shape), channel_axis, f"the {type(image).__name__}")
     return ImageSource(image, channel_axis, name=type(image).__name__)
+
+
+def _note_channel_guess(shape: tuple[int, ...], channel_axis: int | None, what: str) -> None:
+    """Say what was assumed when a 3D array looks like an RGB(A) image: every axis is spatial
+    unless channel_axis= says otherwise."""
+    if channel_axis is not None or len(shape) != 3:
+        return
+    for axis, rest in ((-1, shape[:2]), (0, shape[1:])):
+        n = shape[axis]
+        if n in (3, 4) and min(rest) >= 32:
+            kind = "RGB" if n == 3 else "RGBA"
+            warnings.warn(
+                f"{what} has shape {shape}: it is read as a 3D volume of {shape[0]} planes; if "
+                f"its {'last' if axis == -1 else 'first'} axis holds {kind} channels, pass "
+                f"channel_axis={axis} (--channel-axis {axis})",
+                UserWarning,
+                stacklevel=4,
+            )
+            return
 
 
 def _check_dtype(dtype: Any, what: str) -> None:
@@ -137,7 +158,9 @@ def _open_tiff_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSo
 
 
 def _open_npy_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
-    return _array_source(path, _open_npy(path), channel_axis, {})
+    array = _open_npy(path)
+    _note_channel_guess(tuple(array.shape), channel_axis, f"'{path}'")
+    return _array_source(path, array, channel_axis, {})
 
 
 def _open_zarr_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
@@ -186,9 +209,14 @@ def _open_npy(path: Path) -> np.ndarray:
                 if major == 1
                 else np.lib.format.read_array_header_2_0
             )
-            _, _, dtype = read_header(f)
+            shape, _, dtype = read_header(f)
         except ValueError as err:
             raise ValueError(f"'{path}' is not a valid .npy file: {err}") from err
+    if any(int(n) == 0 for n in shape):
+        raise ValueError(
+            f"'{path}' holds an array of shape {tuple(shape)}, with an empty spatial axis; "
+            "every axis needs at least one pixel"
+        )
     if dtype.hasobject:
         raise ValueError(
             f"'{path}' holds Python objects (dtype {dtype}); only numeric .npy files are read, "
@@ -201,14 +229,21 @@ def _open_tiff(path: Path) -> tuple[Any, str, dict]:
     import tifffile
     import zarr
 
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        axes = series.axes
-        meta: dict = {"axes": axes}
-        if len(tif.series) > 1:
-            meta["note"] = f"read series 0 of {len(tif.series)}"
-    store = tifffile.imread(path, aszarr=True, series=0, level=0)
-    return zarr.open_array(store, mode="r"), axes, meta
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise ValueError("it holds no image series")
+            series = tif.series[0]
+            axes = series.axes
+            meta: dict = {"axes": axes}
+            if len(tif.series) > 1:
+                meta["note"] = f"read series 0 of {len(tif.series)}"
+        store = tifffile.imread(path, aszarr=True, series=0, level=0)
+        return zarr.open_array(store, mode="r"), axes, meta
+    except Exception as err:  # tifffile raises TiffFileError, IndexError, struct.error...
+        raise ValueError(
+            f"'{path}' is not a readable TIFF: {type(err).__name__}: {' '.join(str(err).split())}"
+        ) from err
 
 
 def _drop_time_axis(
@@ -245,6 +280,12 @@ def _open_zarr(path: Path) -> tuple[Any, dict]:
         raise ValueError(f"'{path}' is not a readable zarr store: {err}") from err
     if isinstance(node, zarr.Array):
         return node, {}
+    ome = dict(node.attrs).get("ome")
+    if ome is not None and not isinstance(ome, dict):
+        raise ValueError(
+            f"'{path}' has an 'ome' attribute that is not OME-Zarr metadata (got {ome!r}); pass "
+            "the path of an array inside the store instead"
+        )
     if is_multiscale(node):
         image = read_multiscale(node, path)
         meta: dict = {"axes": list(image.axes)}

@@ -127,6 +127,11 @@ class ImageSource:
                 f"expected a 2D (Y, X) or 3D (Z, Y, X) image{extra}, got {n_spatial} spatial "
                 f"axes with shape {shape}{hint}"
             )
+        if any(s < 1 for s in self.spatial_shape):
+            raise ValueError(
+                f"the image has an empty spatial axis: shape {shape} "
+                f"(spatial {self.spatial_shape}); every axis needs at least one pixel"
+            )
         if self.nodata is not None:
             self.nodata = tuple(None if v is None else float(v) for v in self.nodata)
             if len(self.nodata) != self.n_channels:
@@ -168,19 +173,47 @@ class ImageSource:
         return chunks
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
-        """Read ``region`` of the spatial axes as a numpy array of shape (*region, C)."""
-        if self.channel_axis is None:
-            out = self.array[region]
-        else:
-            index = list(region)
+        """Read ``region`` of the spatial axes as a numpy array of shape (*region, C).
+
+        Raises
+        ------
+        ValueError
+            When the data cannot be read or decoded (a damaged file), naming the source and
+            the region.
+        """
+        index = list(region)
+        if self.channel_axis is not None:
             index.insert(self.channel_axis, slice(None))
+        try:
             out = self.array[tuple(index)]
-        if hasattr(out, "compute"):  # dask
-            out = out.compute()
-        out = np.asarray(out)
+            if hasattr(out, "compute"):  # dask
+                out = out.compute()
+            out = np.asarray(out)
+        except (ValueError, MemoryError, OSError):
+            raise  # already clear: a bad value, or the file system (disk gone, permissions)
+        except Exception as err:  # decoders raise IndexError, RuntimeError, zlib.error...
+            where = ", ".join(f"{s.start}:{s.stop}" for s in region)
+            raise ValueError(
+                f"cannot read [{where}] of '{self.name}': {type(err).__name__}: {err}; the "
+                "file may be damaged or truncated"
+            ) from err
         if self.channel_axis is None:
             return out[..., None]
         return np.moveaxis(out, self.channel_axis, -1)
+
+    def backing_paths(self) -> list[Path]:
+        """Files or stores the image is read from: its path, the store behind a zarr array,
+        the file behind a memory-mapped array. Outputs must stay clear of all of them."""
+        paths = [self.path] if self.path is not None else []
+        array = self.array
+        store = getattr(array, "store", None)
+        root = getattr(store, "root", None)
+        if root is not None:  # a zarr array in a local store
+            paths.append(Path(str(root)) / str(getattr(array, "path", "") or ""))
+        filename = getattr(array, "filename", None)
+        if isinstance(array, np.memmap) and filename:
+            paths.append(Path(filename))
+        return paths
 
     @property
     def may_be_invalid(self) -> bool:

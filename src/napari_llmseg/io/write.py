@@ -26,13 +26,13 @@ requested name is always whole.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._files import check_file_target
+from ._files import check_file_target, remove_stale_temporaries
 from .labels import label_color
 
 #: Output kinds by suffix; a path without a suffix is a zarr store.
@@ -92,13 +92,14 @@ def check_targets(
     *,
     vector: Path | None = None,
     probabilities: bool = False,
-    input_path: Path | None,
+    input_paths: Sequence[Path] = (),
     overwrite: bool,
     resume_existing: bool,
     spatial_shape: tuple[int, ...],
 ) -> None:
     """Refuse final files that overlap the input or exist (unless overwriting or resuming),
-    and vector output for an image that is not 2D.
+    a probabilities file the user did not name and this package did not write, and vector
+    output for an image that is not 2D.
 
     ``resume_existing``: the run resumes an existing working store, so existing final files
     were written from it and are left as they are.
@@ -115,7 +116,7 @@ def check_targets(
         check_vector_target(vector, overwrite=overwrite or resume_existing)
         files.append(vector)
     for f in files:
-        if input_path is not None:
+        for input_path in input_paths:
             a, b = f.resolve(), input_path.resolve()
             if a == b or b in a.parents or a in b.parents:
                 raise ValueError(
@@ -123,6 +124,14 @@ def check_targets(
                     "written to, choose another output path"
                 )
         check_file_target(f, overwrite=overwrite or resume_existing)
+    if out is not None and probabilities and output_kind(out) != "zarr":
+        extra = probabilities_path(out)
+        if extra.exists() and not written_by_us(extra):
+            raise FileExistsError(
+                f"'{extra}' exists and was not written by napari-llmseg; probabilities=True "
+                f"(--probabilities) would replace it, though it was never named: move it, or "
+                "choose another output name"
+            )
 
 
 def export(
@@ -150,6 +159,7 @@ def export(
             jobs.append((probabilities_path(out), store.probabilities, "probabilities"))
     written = []
     for path, data, what in jobs:
+        remove_stale_temporaries(path)  # left by a run killed while writing this file
         if path.exists() and not overwrite:
             continue
         if what == "labels":
@@ -281,9 +291,35 @@ def write_tiff(path: Path, data: Any, *, axes: str, tile: int = 256) -> Path:
             tile=(tile, tile),
             compression="zlib",
             photometric="minisblack",
-            metadata={"axes": axes},
+            metadata={"axes": axes, MARKER: True},
         )
     return path
+
+
+#: Key that marks a file as written by this package (TIFF tags or image description).
+MARKER = "napari_llmseg"
+
+
+def written_by_us(path: Path) -> bool:
+    """Whether an existing output file carries this package's mark (TIFF tag or description,
+    NIfTI description); a file that cannot be read is not ours."""
+    try:
+        if output_kind(path) == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                tags: Any = tif.pages[0].tags  # type: ignore[union-attr]
+                # ImageDescription (270) or GDAL_METADATA (42112)
+                text = " ".join(str(t.value) for t in tags.values() if t.code in (270, 42112))
+            return MARKER in text
+        if output_kind(path) == "nifti":
+            import nibabel as nib
+
+            header: Any = nib.load(path).header
+            return header["descrip"].item().decode("ascii", "replace").startswith("napari-llmseg")
+    except Exception:
+        return False
+    return False
 
 
 def _nifti_affine(path: Path, ndim: int, meta: Mapping[str, Any]) -> tuple[Any, Any]:

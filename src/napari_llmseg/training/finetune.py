@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ from ..backends.base import FinetuneAdapter, PromptSegmenter
 from ..engine.normalize import IntensityStats, compute_stats
 from ..io.open import open_image
 from ..io.source import ImageSource
-from .train import check_output_folder
+from .folders import check_output_folder, clear_model_folder, mark_model_folder
 
 #: Training progress: (epoch, epochs, mean training loss, validation Dice).
 FinetuneProgress = Callable[[int, int, float, float], None]
@@ -432,11 +431,12 @@ def finetune(
         history=history,
         seconds=round(time.perf_counter() - t0, 1),
     )
-    if out.exists() and overwrite:
-        shutil.rmtree(out)  # check_output_folder let only a model folder through
+    check_output_folder(out, overwrite, [image, labels, base])  # again: it may have changed
+    clear_model_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     adapter.save(out, result.record())
     (out / RECORD_FILE).write_text(json.dumps(result.record(), indent=2))
+    mark_model_folder(out, f"{result.base} fine-tuned for {prompt!r}")
     return result
 
 

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ from torch.nn import functional as F
 
 from ..backends.text import encode_texts
 from ..backends.tiny import MODEL_TYPE, TinySegNet
+from .folders import check_output_folder, clear_model_folder, mark_model_folder
 
 
 @dataclass
@@ -213,31 +213,6 @@ def save_tiny(net: TinySegNet, folder: Path, config: dict) -> None:
     (folder / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **config}, indent=2))
 
 
-def check_output_folder(out: Path, overwrite: bool, inputs: Sequence[Any] = ()) -> None:
-    """Refuse a model output folder that would overwrite the user's data: it must be new or
-    empty, or, with ``overwrite``, hold a model (a config.json); never one of ``inputs``."""
-    for item in inputs:
-        if isinstance(item, (str, Path)) and Path(item).exists():
-            if Path(item).resolve() == out.resolve():
-                raise ValueError(f"output folder '{out}' is one of the inputs; choose another")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FileExistsError(f"output '{out}' exists and is a file, not a folder")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"output folder '{out}' already exists and is not empty; choose another folder or "
-            "pass overwrite=True (--overwrite)"
-        )
-    if not (out / "config.json").is_file():
-        raise FileExistsError(
-            f"output folder '{out}' is not empty and holds no model (no config.json); "
-            "refusing to replace it even with overwrite"
-        )
-
-
 def count_parameters(net: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
@@ -344,6 +319,8 @@ def train_from_config(
             "python": platform.python_version(),
         },
     }
+    clear_model_folder(out)
     save_tiny(net, out, record)
+    mark_model_folder(out, "llmseg-tiny trained from a config")
     log(f"saved {record['parameters']} parameters to {out} in {timer}")
     return record

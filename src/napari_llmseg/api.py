@@ -109,7 +109,7 @@ def iter_segment(
         complete = found is not None
         objects = found or objects
     files = _finish(run_plan, sink, store, complete, info)
-    return SegmentationResult(
+    result = SegmentationResult(
         probabilities=sink.probabilities,
         labels=sink.labels,
         label_names=run_plan.label_names,
@@ -124,6 +124,8 @@ def iter_segment(
         instance_classes=objects[1],
         files=files,
     )  # fmt: skip
+    _write_report(run_plan, result)
+    return result
 
 
 def segment(
@@ -333,6 +335,11 @@ def _open_store(job: RunPlan) -> tuple[str, OutputStore | None, np.ndarray | Non
         input_path=job.source.path, overwrite=opts.overwrite,
         resume_existing=action == "resume", spatial_shape=job.plan.shape,
     )  # fmt: skip
+    if opts.report and opts.out is not None:
+        from .report import check_report_target, report_path
+
+        check_report_target(report_path(opts.out), overwrite=opts.overwrite or action == "resume",
+                            input_path=job.source.path)  # fmt: skip
     if action != "resume":
         return action, None, None, None
     store, stored = OutputStore.open_for_resume(job.store_path, job.attrs)
@@ -495,6 +502,18 @@ def _finish(
             status="complete" if complete else "cancelled", batch_size_used=info.batch_size_used
         )
     return files
+
+
+def _write_report(job: RunPlan, result: SegmentationResult) -> None:
+    """Write the report of a complete run beside its output (``report=True``, ``out=``); its
+    target was checked before the run (:func:`_open_store`)."""
+    opts = job.options
+    if not (result.complete and opts.report and opts.out is not None):
+        return
+    from .report import report_path, write_report
+
+    path = write_report(result, report_path(opts.out), image=job.source, overwrite=True)
+    result.files.append(path)
 
 
 def _is_json(value: Any) -> bool:

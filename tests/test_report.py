@@ -158,7 +158,7 @@ def test_zarr_result_with_instances_writes_report_beside_the_store(tmp_path):
                                                       "units": ["um"] * 3})  # fmt: skip
     out = tmp_path / "cells.zarr"
     result = segment(source, ["cells", "bright"], model=two_levels, roi_size=64, out=out,
-                     instances=True, chunks=32)  # fmt: skip
+                     instances=True, chunks=32, min_size="5 um^3")  # fmt: skip
     assert isinstance(result.labels, zarr.Array)
     path = tmp_path / "cells_report.html"
     assert report_path(out) == path and result.files == [path]
@@ -167,6 +167,8 @@ def test_zarr_result_with_instances_writes_report_beside_the_store(tmp_path):
     assert "Objects are the instances of the run" in text
     assert "cells: 2 objects, median 560 µm³" in text  # (240 + 2000) / 2 * 0.5 um^3
     assert str(out) in text and "Status</th><td>complete" in text
+    assert "Post-processing</th><td>min size 10 voxels</td>" in text  # 5 um^3 of 0.5 um^3
+    assert "Objects</th><td>3 kept, 0 removed by min_size" in text
     assert [im.size for im in png_images(text)] == [(80, 64)]
     # the store is untouched by the report: zarr and ome-zarr readers see the same group
     assert sorted(zarr.open_group(out, mode="r").array_keys()) == [

@@ -608,7 +608,7 @@ def svg_histogram(sizes: np.ndarray, unit: str, color: tuple[int, ...], what: st
                 f"<title>{c} object{'s' if c != 1 else ''}, {format_number(a)} to "
                 f"{format_number(b)} {html.escape(unit)}</title></rect>"
             )
-    xt = _log_ticks(lo, hi) if log else _ticks(lo, hi, 4)
+    xt = _log_ticks(lo, hi) if log else _ticks(lo, hi, 5)
     return _svg_frame(
         [(x(t), format_number(t)) for t in xt if lo <= t <= hi],
         [(y(t), format_number(t)) for t in y_ticks],
@@ -838,8 +838,10 @@ def _profile_html(data: ReportData) -> str:
     if scale and units and len(scale) == 3 and data.area_unit != "px":
         apart = f"; planes are {format_number(float(scale[0]))} {short_unit(units[0])} apart"
     note = _e(
-        f"Labelled area of each of the {planes.shape[0]} planes; the dashed line is the "
-        f"thumbnail's plane. Most labelled: plane {int(np.argmax(busiest))}{apart}."
+        pretty_units(
+            f"Labelled area of each of the {planes.shape[0]} planes; the dashed line is the "
+            f"thumbnail's plane. Most labelled: plane {int(np.argmax(busiest))}{apart}."
+        )
     )
     return f"<p>{legend}</p>{svg}<p class='note'>{note}</p>"
 
@@ -896,9 +898,7 @@ def _provenance_rows(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
         how = "" if stats.get("exact") else ", from a sample"
         rows.append(("Intensity range", f"{low} .. {high} (percentiles {stats.get('p_low')} "
                                         f"and {stats.get('p_high')}{how})"))  # fmt: skip
-    post = meta.get("postprocess") or {}
-    done = [f"{k.replace('_', ' ')} {v}" for k, v in post.items() if v not in (0, 0.0, False)]
-    rows.append(("Post-processing", ", ".join(done) if done else "none"))
+    rows.append(("Post-processing", _postprocess_text(meta)))
     rows.append(("Instances", "yes" if meta.get("instances") else "no"))
     if meta.get("objects"):
         kept, removed = meta["objects"].get("count", 0), meta["objects"].get("removed", 0)
@@ -907,6 +907,22 @@ def _provenance_rows(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     if meta.get("status"):
         rows.append(("Status", str(meta["status"])))
     return rows
+
+
+def _postprocess_text(meta: Mapping[str, Any]) -> str:
+    """``min size 1,020 voxels, smoothing radius 2 px, fill holes, split`` (or ``none``)."""
+    post = meta.get("postprocess") or {}
+    word = "voxels" if len(meta.get("input_shape") or ()) == 3 else "pixels"
+    done = []
+    if post.get("min_size"):
+        done.append(f"min size {format_number(float(post['min_size']))} {word}")
+    if post.get("smooth"):
+        done.append(f"smoothing radius {post['smooth']} px")
+    if post.get("fill_holes"):
+        done.append("fill holes")
+    if post.get("split"):
+        done.append("split touching objects")
+    return ", ".join(done) if done else "none"
 
 
 def _provenance_html(data: ReportData) -> str:

@@ -148,3 +148,19 @@ def test_sizes_in_the_units_users_read(size, unit, text):
     from napari_llmseg.measure import format_size
 
     assert format_size(size, unit) == text
+
+
+def test_counts_given_are_not_read_again(labelled):
+    lab, img = labelled
+
+    class Unreadable:
+        shape, dtype = lab.shape, lab.dtype
+
+        def __getitem__(self, key):
+            raise AssertionError("read")
+
+    (m,) = measure(Unreadable(), {1: "nuclei"}, counts={1: 182}, max_label_voxels=0,
+                   scale=(2.0, 0.5, 0.5), units=("um",) * 3)  # fmt: skip
+    assert (m.voxels, m.size, m.objects) == (182, 91.0, None)
+    (m,) = measure(lab, {1: "nuclei"}, counts={1: 999}, image=img)  # an image: read and count
+    assert m.voxels == 182 and m.mean_intensity == 100.0

@@ -279,14 +279,16 @@ class Recorder:
 
 
 @pytest.mark.parametrize("limit", [3 * 70 * 90, 70 * 90, 1000])  # planes, one plane, rows
-def test_area_per_plane_in_bounded_blocks(tmp_path, rng, limit):
-    labels = rng.integers(0, 4, size=(7, 70, 90)).astype(np.uint8)
+@pytest.mark.parametrize("top", [3, 40])  # a comparison per label, or one bincount
+def test_area_per_plane_in_bounded_blocks(tmp_path, rng, limit, top):
+    labels = rng.integers(0, top + 1, size=(7, 70, 90)).astype(np.uint8)  # values above top too
     z = zarr.create_array(tmp_path / "l.zarr", shape=labels.shape, chunks=(1, 32, 32),
                           dtype=np.uint8)  # fmt: skip
     z[...] = labels
     rec = Recorder(z)
-    got = area_per_plane(rec, 2, limit=limit)
-    expected = np.stack([np.bincount(p.ravel(), minlength=4)[:3] for p in labels])
+    got = area_per_plane(rec, top - 1, limit=limit)
+    expected = np.stack([np.bincount(p.ravel(), minlength=top + 1)[:top] for p in labels])
+    expected[:, 0] = 70 * 90 - expected[:, 1:].sum(axis=1)  # column 0: every other pixel
     np.testing.assert_array_equal(got, expected)
     assert max(rec.reads) <= max(limit, 90) and sum(rec.reads) == labels.size
 

@@ -233,6 +233,7 @@ def measure(
     max_label_voxels: int = MAX_LABEL_VOXELS,
     objects: Sequence[ObjectMeasurement] | None = None,
     sizes: Mapping[int, np.ndarray] | None = None,
+    counts: Mapping[int, int] | None = None,
 ) -> list[ClassMeasurement]:
     """Measure every labelled class of ``labels``.
 
@@ -254,21 +255,28 @@ def measure(
     sizes : mapping of int to ndarray, optional
         The object sizes of every label, as :func:`object_sizes` gives them; saves finding the
         objects again.
+    counts : mapping of int to int, optional
+        Pixels (voxels) of every label, already counted (e.g. summed from
+        :func:`napari_llmseg.report.area_per_plane`); without ``image`` the labels are then
+        not read again.
     """
     shape = tuple(int(s) for s in labels.shape)
     ndim = len(shape)
     unit, physical = _unit_power(units, ndim)
     pixel = float(np.prod(scale[-ndim:])) if scale is not None and physical else 1.0
     ids = sorted(int(i) for i in label_names)
-    counts = dict.fromkeys(ids, 0)
+    if counts is not None and image is None:  # counted already: nothing to read
+        tally, blocks = {i: int(counts[i]) for i in ids}, []
+    else:
+        tally, blocks = dict.fromkeys(ids, 0), list(_blocks(shape))
     sums = dict.fromkeys(ids, 0.0)
-    for zs in _blocks(shape):
+    for zs in blocks:
         block = np.asarray(labels[zs])
         flat = block.ravel()
         top = max(ids) + 1
         bc = np.bincount(flat[flat < top], minlength=top)
         for i in ids:
-            counts[i] += int(bc[i])
+            tally[i] += int(bc[i])
         if image is not None:
             img = np.asarray(image[zs], dtype=np.float64)
             if img.ndim == block.ndim + 1:
@@ -292,13 +300,13 @@ def measure(
             ClassMeasurement(
                 label=i,
                 prompt=str(label_names[i]),
-                voxels=counts[i],
-                fraction=counts[i] / total if total else 0.0,
-                size=counts[i] * pixel,
+                voxels=tally[i],
+                fraction=tally[i] / total if total else 0.0,
+                size=tally[i] * pixel,
                 unit=unit,
                 objects=n_obj,
                 median_object_size=med,
-                mean_intensity=(sums[i] / counts[i]) if image is not None and counts[i] else None,
+                mean_intensity=(sums[i] / tally[i]) if image is not None and tally[i] else None,
             )
         )
     return out

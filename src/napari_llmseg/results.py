@@ -41,7 +41,8 @@ class SegmentationResult:
     instance_classes : dict of int to str or None
         ``{id: prompt}`` for every object.
     files : list of Path
-        Final files written (a TIFF or NIfTI ``out=``, probabilities, vector polygons).
+        Final files written (a TIFF or NIfTI ``out=``, probabilities, vector polygons, the
+        report ``{stem}_report.html``).
     warnings : list of str
         Things the user should know about the result (e.g. a prompt far from anything the
         model knows).

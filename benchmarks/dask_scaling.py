@@ -87,7 +87,7 @@ def timed_run(client: Any, src: Path, out: Path, chunks: int | None) -> dict:
 
     before = client.run(worker_cpu)
     t0 = time.perf_counter()
-    res = segment(src, "nuclei", out=out, scheduler=client, chunks=chunks)
+    res = segment(src, "nuclei", out=out, scheduler=client, chunks=chunks, report=False)
     seconds = time.perf_counter() - t0
     after = client.run(worker_cpu)
     return {

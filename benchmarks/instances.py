@@ -41,7 +41,7 @@ def child(src: str, out: str, split: bool) -> dict:
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     gen = iter_segment(src, "nuclei", model=threshold, roi_size=256, batch_size=4, out=out,
-                       instances=True, split=split, min_size=200)  # fmt: skip
+                       instances=True, split=split, min_size=200, report=False)  # fmt: skip
     last = "segment"
     while True:
         try:

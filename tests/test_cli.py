@@ -36,12 +36,12 @@ def test_segment_writes_store_and_prints_summary(small_npy, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.strip().splitlines()
-    assert lines[0] == f"wrote {out}"
-    assert lines[1].startswith("nuclei: ") and lines[2].startswith("giraffe: ")
+    assert lines[:2] == [f"wrote {out}", f"wrote {tmp_path / 'out_report.html'}"]
+    assert lines[2].startswith("nuclei: ") and lines[3].startswith("giraffe: ")
     group = zarr.open_group(out, mode="r")
     labels = np.asarray(group["labels"][...])
     n_nuclei = int((labels == 1).sum())
-    assert lines[1].startswith(
+    assert lines[2].startswith(
         f"nuclei: {n_nuclei:,} voxels ({100 * n_nuclei / labels.size:.2f} % of the volume), "
     )
     assert group["probabilities"].shape == (2, 4, 256, 256)

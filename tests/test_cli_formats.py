@@ -21,10 +21,11 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.strip().splitlines()
-    assert lines[:4] == [
+    assert lines[:5] == [
         f"wrote {out}",
         f"wrote {tmp_path / 'w_probabilities.tif'}",
         f"wrote {vec}",
+        f"wrote {tmp_path / 'w_report.html'}",
         f"working store {out}.zarr (what --resume completes; delete it when done)",
     ]
     with rasterio.open(LANDSAT) as src, rasterio.open(out) as ds:
@@ -32,11 +33,11 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
         n = int((ds.read(1) == 1).sum())
         pixel = abs(ds.transform.a * ds.transform.e)
     area = n * pixel
-    assert lines[4].startswith(
+    assert lines[5].startswith(
         f"water: {n:,} pixels ({100 * n / (352 * 349):.2f} % of the image) = "
         f"{format_size(area, 'm^2')}, "
     )
-    assert " ha (" in lines[4] and " km^2)" in lines[4]  # areas in hectares and km^2
+    assert " ha (" in lines[5] and " km^2)" in lines[5]  # areas in hectares and km^2
     meta = pyogrio.read_info(vec)
     assert meta["crs"] == "EPSG:31985" and list(meta["fields"]) == ["label", "value", "area"]
     assert "segmenting" not in captured.err  # --quiet
@@ -52,13 +53,16 @@ def test_nifti_slab_with_a_ct_window_and_ml_summary(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.strip().splitlines()
-    assert lines[0] == f"wrote {out}"
+    assert lines[:2] == [f"wrote {out}", f"wrote {tmp_path / 'seg_report.html'}"]
     img = nib.load(out)
     n = int((np.asarray(img.dataobj) == 1).sum())
-    assert lines[2].startswith(
+    assert lines[3].startswith(
         f"tissue: {n:,} voxels ({100 * n / (96 * 96 * 2):.2f} % of the volume) = "
         f"{format_number(n / 1000)} mL, "
     )
+    report = (tmp_path / "seg_report.html").read_text()  # the report reads in mL too
+    assert f'<td class="num">{format_number(n / 1000)} mL</td>' in report
+    assert "CT window level 40, width 80 HU" in report
     assert np.array_equal(img.affine, nib.load(tmp_path / "slab.nii.gz").affine)
 
 

@@ -57,15 +57,58 @@ def test_large_results_skip_object_counts_honestly(labelled):
     )
 
 
-def test_csv(labelled, tmp_path):
+def test_csv_has_one_value_per_cell_and_units_in_the_header(labelled, tmp_path):
+    import csv
+
     lab, _ = labelled
-    path = to_csv(measure(lab, {1: "nuclei", 2: "membrane"}), tmp_path / "m.csv")
+    found = measure(lab, {1: "nuclei", 2: "membrane"}, scale=(2.0, 0.5, 0.5), units=("um",) * 3)
+    path = to_csv(found, tmp_path / "m.csv")
     rows = path.read_text().splitlines()
-    assert (
-        rows[0]
-        == "label,prompt,voxels,fraction,size,unit,objects,median_object_size,mean_intensity"
+    assert rows[0] == (
+        "label,prompt,voxels,fraction,size_um3,objects,median_object_size_um3,mean_intensity"
     )
-    assert rows[1].startswith("1,nuclei,182,")
+    assert rows[1] == f"1,nuclei,182,{182 / lab.size},91.0,2,45.5,"  # no image: no intensity
+    # volumes in mm^3 also get millilitres; areas in m^2 hectares; no units: voxels
+    ct = measure(lab, {1: "organ"}, scale=(1.0, 10.0, 10.0), units=("mm",) * 3)
+    header, row = to_csv(ct, tmp_path / "ct.csv").read_text().splitlines()
+    assert header.split(",")[4:8] == ["size_mm3", "size_mL", "objects",
+                                      "median_object_size_mm3"]  # fmt: skip
+    assert row.split(",")[4:6] == ["18200.0", "18.2"]
+    gis = measure(lab[0], {1: "water"}, scale=(30.0, 30.0), units=("m", "m"))
+    with to_csv(gis, tmp_path / "gis.csv").open() as f:
+        (water,) = csv.DictReader(f)
+    assert float(water["size_m2"]) == 16 * 900 and float(water["size_ha"]) == 16 * 900 / 1e4
+    header = to_csv(measure(lab, {1: "x"}), tmp_path / "px.csv").read_text().splitlines()[0]
+    assert "size_voxels" in header and "median_object_size_voxels" in header
+
+
+def test_object_csv_splits_the_centroid_into_axes(labelled, tmp_path):
+    from skimage.measure import label as sk_label
+
+    from napari_llmseg.measure import measure_objects
+
+    lab, img = labelled
+    inst = sk_label(lab, connectivity=1).astype(np.uint32)
+    classes = {1: "membrane", 2: "nuclei", 3: "nuclei"}
+    objs = measure_objects(inst, classes, image=img, scale=(2.0, 0.5, 0.5), units=("um",) * 3)
+    rows = to_csv(objs, tmp_path / "o.csv").read_text().splitlines()
+    assert rows[0] == (
+        "id,prompt,voxels,size_um3,centroid_z_um,centroid_y_um,centroid_x_um,mean_intensity"
+    )
+    assert rows[2] == "2,nuclei,32,16.0,1.0,1.75,1.75,100.0"
+    assert "(" not in "".join(rows)  # no tuples in cells
+    flat = measure_objects(inst[0], {1: "membrane", 2: "nuclei"})
+    header = to_csv(flat, tmp_path / "p.csv").read_text().splitlines()[0]
+    assert header == "id,prompt,voxels,size_px,centroid_y_px,centroid_x_px,mean_intensity"
+
+
+def test_csv_refuses_mixed_units(labelled, tmp_path):
+    lab, _ = labelled
+    a = measure(lab, {1: "a"}, scale=(1.0, 1.0, 1.0), units=("um",) * 3)
+    b = measure(lab, {1: "b"})
+    with pytest.raises(ValueError, match=r"measurements in different units \(um\^3, voxel\) "):
+        to_csv(a + b, tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists()
 
 
 def test_objects_measured_per_id_with_centroids(labelled):
@@ -105,3 +148,19 @@ def test_sizes_in_the_units_users_read(size, unit, text):
     from napari_llmseg.measure import format_size
 
     assert format_size(size, unit) == text
+
+
+def test_counts_given_are_not_read_again(labelled):
+    lab, img = labelled
+
+    class Unreadable:
+        shape, dtype = lab.shape, lab.dtype
+
+        def __getitem__(self, key):
+            raise AssertionError("read")
+
+    (m,) = measure(Unreadable(), {1: "nuclei"}, counts={1: 182}, max_label_voxels=0,
+                   scale=(2.0, 0.5, 0.5), units=("um",) * 3)  # fmt: skip
+    assert (m.voxels, m.size, m.objects) == (182, 91.0, None)
+    (m,) = measure(lab, {1: "nuclei"}, counts={1: 999}, image=img)  # an image: read and count
+    assert m.voxels == 182 and m.mean_intensity == 100.0

@@ -11,6 +11,7 @@ become notifications with the core's own message.
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import threading
 import time
@@ -53,8 +54,9 @@ class SegmentWidget(Container):
     ``prompts`` (one prompt per line), ``model``, ``roi_size``, ``overlap``, ``threshold``,
     ``device``, ``output`` (labels, instances, probabilities, uncertainty), ``split``,
     ``min_size``, ``fill_holes``, ``smooth``, ``save_to``, ``run_button``, ``cancel_button``,
-    ``measurements`` (per prompt, or per object when instances are made), ``csv_path`` and
-    ``export_button``.
+    ``measurements`` (per prompt, or per object when instances are made), ``csv_path``,
+    ``export_button`` and ``report_button`` (opens the HTML report of the last result in the
+    web browser: the one written beside ``save_to``, or one written to the temporary folder).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -85,13 +87,14 @@ class SegmentWidget(Container):
         self.measurements = Table(value=[], label="measurements")
         self.csv_path = FileEdit(mode="w", filter="*.csv", label="CSV file", value="")
         self.export_button = PushButton(text="Export measurements (CSV)", enabled=False)
+        self.report_button = PushButton(text="Open report", enabled=False)
         self.extend(
             [
                 self.image_layer, self.prompts, self.model, self.model_folder, self.roi_size,
                 self.overlap, self.threshold, self.device, self.output, self.split,
                 self.min_size, self.fill_holes, self.smooth, self.save_to,
                 self.run_button, self.cancel_button, self.status, self.measurements,
-                self.csv_path, self.export_button,
+                self.csv_path, self.export_button, self.report_button,
             ]
         )  # fmt: skip
         # Keep the dock compact so that the canvas keeps most of the window.
@@ -103,11 +106,14 @@ class SegmentWidget(Container):
         self.run_button.changed.connect(self._on_run)
         self.cancel_button.changed.connect(self._on_cancel)
         self.export_button.changed.connect(self._on_export)
+        self.report_button.changed.connect(self._on_report)
         self._models: dict[tuple[str, str], Any] = {}
         self._cancel: threading.Event | None = None
         self._worker: Any = None
         self._progress: Any = None
         self._last_measurements: list = []
+        self._last_image: Any = None
+        self._report: Path | None = None
         self.last_result: Any = None
 
     # --- parameters -----------------------------------------------------------------------
@@ -253,6 +259,8 @@ class SegmentWidget(Container):
 
         result, found, text = payload
         self.last_result = result
+        self._report = None
+        self.report_button.enabled = result.complete
         if not result.complete:
             where = (
                 f"; finished chunks are in {result.out} (resume from Python)" if result.out else ""
@@ -263,6 +271,7 @@ class SegmentWidget(Container):
             return
         self._add_layers(result, layer)
         self._last_measurements = found
+        self._last_image = layer.data[0] if layer.multiscale else layer.data
         self.measurements.value = _table(found)
         self.export_button.enabled = bool(found)
         where = f" (saved to {result.out})" if result.out else ""
@@ -297,6 +306,39 @@ class SegmentWidget(Container):
             return
         path = to_csv(self._last_measurements, target)
         show_info(f"napari-llmseg: measurements written to {path}")
+
+
+    def _on_report(self) -> None:
+        import webbrowser
+
+        from napari.utils.notifications import show_error, show_info
+
+        result = self.last_result
+        if result is None or not result.complete:
+            show_error("napari-llmseg: run a segmentation first")
+            return
+        if self._report is None or not self._report.exists():
+            try:
+                self._report = _report_file(result, self._last_image)
+            except (OSError, ValueError) as err:
+                show_error(f"napari-llmseg: {err}")
+                return
+        webbrowser.open(self._report.as_uri())
+        show_info(f"napari-llmseg: report {self._report}")
+
+
+def _report_file(result: Any, image: Any) -> Path:
+    """The report the run wrote beside its output, or a new one in the temporary folder."""
+    from .report import report_path
+
+    out = (result.metadata.get("output") or {}).get("path")
+    if out is not None and report_path(out) in result.files:
+        return report_path(out)
+    folder = Path(tempfile.gettempdir()) / "napari-llmseg"
+    folder.mkdir(exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", str(result.metadata.get("input", "result")))
+    path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}_report.html"
+    return result.write_report(path, image=image, overwrite=True)
 
 
 def _size_value(text: str) -> float | str:

@@ -143,7 +143,7 @@ def _run(
         if store is not None
         else {**job.attrs, "batch_size_used": info.batch_size_used}
     )
-    return SegmentationResult(
+    result = SegmentationResult(
         probabilities=sink.probabilities,
         labels=sink.labels,
         label_names=job.label_names,
@@ -158,6 +158,8 @@ def _run(
         files=files,
         warnings=notes,
     )
+    _write_report(job, result)
+    return result
 
 
 @contextlib.contextmanager
@@ -444,6 +446,11 @@ def _check_output(job: RunPlan) -> str:
         overwrite=opts.overwrite, resume_existing=action == "resume",
         spatial_shape=job.plan.shape,
     )  # fmt: skip
+    if opts.report and opts.out is not None:
+        from .report import check_report_target, report_path
+
+        check_report_target(report_path(opts.out), overwrite=opts.overwrite or action == "resume",
+                            input_path=job.source.path)  # fmt: skip
     return action
 
 
@@ -629,6 +636,18 @@ def _finish(
             status="complete" if complete else "cancelled", batch_size_used=info.batch_size_used
         )
     return files
+
+
+def _write_report(job: RunPlan, result: SegmentationResult) -> None:
+    """Write the report of a complete run beside its output (``report=True``, ``out=``); its
+    target was checked before the run (:func:`_open_store`)."""
+    opts = job.options
+    if not (result.complete and opts.report and opts.out is not None):
+        return
+    from .report import report_path, write_report
+
+    path = write_report(result, report_path(opts.out), image=job.source, overwrite=True)
+    result.files.append(path)
 
 
 def _is_json(value: Any) -> bool:

@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--scheduler", default=None, help="run on the Dask scheduler at ADDRESS (tcp://host:8786)"
     )
+    seg.add_argument(
+        "--report", action=argparse.BooleanOptionalAction, default=True,
+        help="write OUT_report.html (HTML: sizes, objects, thumbnail, provenance) beside the "
+        "output (default: on)",
+    )  # fmt: skip
     seg.add_argument("--resume", action="store_true", help="complete an interrupted run in --out")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing --out store")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -303,6 +308,7 @@ def segment_options(args: argparse.Namespace) -> SegmentOptions:
         probabilities=args.probabilities,
         vector=args.vector,
         simplify=args.simplify,
+        report=args.report,
     )
 
 
@@ -346,12 +352,12 @@ def _segment(args: argparse.Namespace) -> int:
         print(_resume_hint(f"cancelled ({signal.Signals(signum).name})", args.out),
               file=sys.stderr)  # fmt: skip
         return 128 + int(signum)
+    if result.out is not None and result.out == options.out:
+        print(f"wrote {result.out}")
     for path in result.files:
         print(f"wrote {path}")
     if result.out is not None and result.out != options.out:
         print(f"working store {result.out} (what --resume completes; delete it when done)")
-    elif result.out is not None:
-        print(f"wrote {result.out}")
     for line in result.summary():
         print(line)
     if result.info.batch_size_used < args.batch:

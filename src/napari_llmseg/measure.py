@@ -40,6 +40,24 @@ class ClassMeasurement:
     mean_intensity: float | None
 
 
+#: Long unit names (napari/pint, OME-Zarr) -> the short names sizes are written with.
+_SHORT_UNITS = {
+    "micrometer": "um",
+    "micron": "um",
+    "millimeter": "mm",
+    "centimeter": "cm",
+    "meter": "m",
+    "metre": "m",
+    "kilometer": "km",
+    "nanometer": "nm",
+}
+
+
+def short_unit(unit: str) -> str:
+    """``"micrometer"`` -> ``"um"``, ``"millimeter"`` -> ``"mm"``; other units unchanged."""
+    return _SHORT_UNITS.get(str(unit), str(unit))
+
+
 def _unit_power(units: Sequence[str] | None, ndim: int) -> tuple[str, bool]:
     """("um^3", True) for physical units, ("px", False) / ("voxel", False) otherwise."""
     if units:
@@ -47,13 +65,7 @@ def _unit_power(units: Sequence[str] | None, ndim: int) -> tuple[str, bool]:
         if len(names) == 1:
             (u,) = names
             if u not in ("pixel", "px", ""):
-                u = {
-                    "micrometer": "um",
-                    "millimeter": "mm",
-                    "meter": "m",
-                    "metre": "m",
-                    "nanometer": "nm",
-                }.get(u, u)
+                u = short_unit(u)
                 return (f"{u}^{ndim}" if ndim > 1 else u), True
     return ("px" if ndim == 2 else "voxel"), False
 
@@ -160,6 +172,57 @@ def measure_objects(
     return out
 
 
+def object_sizes(
+    labels: Any,
+    label_names: Mapping[int, str],
+    *,
+    scale: Sequence[float] | None = None,
+    units: Sequence[str] | None = None,
+    max_label_voxels: int = MAX_LABEL_VOXELS,
+    objects: Sequence[ObjectMeasurement] | None = None,
+) -> dict[int, np.ndarray] | None:
+    """The size of every object of every label, or None when they cannot be counted.
+
+    Parameters
+    ----------
+    labels : (Y, X) or (Z, Y, X) integer array-like
+        0 is background, ``i`` is ``label_names[i]``.
+    label_names : mapping of int to str
+    scale, units : sequence, optional
+        Pixel size and unit per axis; sizes are in pixels (voxels) without units.
+    max_label_voxels : int
+        Without ``objects``, objects are the connected components of each label, found in
+        memory: above this many voxels they are not counted (None is returned).
+    objects : sequence of ObjectMeasurement, optional
+        The objects of an instance segmentation (:func:`measure_objects`), grouped by prompt.
+
+    Returns
+    -------
+    dict of int to (N,) float64 ndarray, or None
+        ``{label: sizes}`` in the unit of :func:`measure` (one entry per object).
+    """
+    ids = sorted(int(i) for i in label_names)
+    if objects is not None:
+        by_name: dict[str, list[float]] = {}
+        for o in objects:
+            by_name.setdefault(o.prompt, []).append(o.size)
+        return {i: np.asarray(by_name.get(str(label_names[i]), []), float) for i in ids}
+    shape = tuple(int(s) for s in labels.shape)
+    if math.prod(shape) > max_label_voxels:
+        return None
+    from scipy import ndimage
+
+    ndim = len(shape)
+    _, physical = _unit_power(units, ndim)
+    pixel = float(np.prod(scale[-ndim:])) if scale is not None and physical else 1.0
+    full = np.asarray(labels[...])
+    out = {}
+    for i in ids:
+        comp, n = ndimage.label(full == i)
+        out[i] = np.bincount(comp.ravel(), minlength=n + 1)[1:].astype(float) * pixel
+    return out
+
+
 def measure(
     labels: Any,
     label_names: Mapping[int, str],
@@ -169,6 +232,8 @@ def measure(
     units: Sequence[str] | None = None,
     max_label_voxels: int = MAX_LABEL_VOXELS,
     objects: Sequence[ObjectMeasurement] | None = None,
+    sizes: Mapping[int, np.ndarray] | None = None,
+    counts: Mapping[int, int] | None = None,
 ) -> list[ClassMeasurement]:
     """Measure every labelled class of ``labels``.
 
@@ -187,23 +252,31 @@ def measure(
     objects : sequence of ObjectMeasurement, optional
         Per-object measurements of an instance segmentation (:func:`measure_objects`); object
         counts and median sizes then come from them instead of connected components.
+    sizes : mapping of int to ndarray, optional
+        The object sizes of every label, as :func:`object_sizes` gives them; saves finding the
+        objects again.
+    counts : mapping of int to int, optional
+        Pixels (voxels) of every label, already counted (e.g. summed from
+        :func:`napari_llmseg.report.area_per_plane`); without ``image`` the labels are then
+        not read again.
     """
     shape = tuple(int(s) for s in labels.shape)
     ndim = len(shape)
-    pixel = float(np.prod(scale[-ndim:])) if scale is not None else 1.0
     unit, physical = _unit_power(units, ndim)
-    if not physical:
-        pixel = 1.0
+    pixel = float(np.prod(scale[-ndim:])) if scale is not None and physical else 1.0
     ids = sorted(int(i) for i in label_names)
-    counts = dict.fromkeys(ids, 0)
+    if counts is not None and image is None:  # counted already: nothing to read
+        tally, blocks = {i: int(counts[i]) for i in ids}, []
+    else:
+        tally, blocks = dict.fromkeys(ids, 0), list(_blocks(shape))
     sums = dict.fromkeys(ids, 0.0)
-    for zs in _blocks(shape):
+    for zs in blocks:
         block = np.asarray(labels[zs])
         flat = block.ravel()
         top = max(ids) + 1
         bc = np.bincount(flat[flat < top], minlength=top)
         for i in ids:
-            counts[i] += int(bc[i])
+            tally[i] += int(bc[i])
         if image is not None:
             img = np.asarray(image[zs], dtype=np.float64)
             if img.ndim == block.ndim + 1:
@@ -211,25 +284,14 @@ def measure(
             sb = np.bincount(flat[flat < top], weights=img.ravel()[flat < top], minlength=top)
             for i in ids:
                 sums[i] += float(sb[i])
+    if sizes is None:
+        sizes = object_sizes(labels, label_names, scale=scale, units=units,
+                             max_label_voxels=max_label_voxels, objects=objects)  # fmt: skip
     per_class: dict[int, tuple[int | None, float | None]] = {}
-    if objects is not None:
-        by_name: dict[str, list[float]] = {}
-        for o in objects:
-            by_name.setdefault(o.prompt, []).append(o.size)
+    if sizes is not None:
         for i in ids:
-            found = by_name.get(str(label_names[i]), [])
-            per_class[i] = (len(found), float(np.median(found)) if found else None)
-    elif math.prod(shape) <= max_label_voxels:
-        from scipy import ndimage
-
-        full = np.asarray(labels[...])
-        for i in ids:
-            comp, n = ndimage.label(full == i)
-            if n:
-                sizes = np.bincount(comp.ravel())[1:]
-                per_class[i] = (int(n), float(np.median(sizes)) * pixel)
-            else:
-                per_class[i] = (0, None)
+            found = sizes.get(i, np.zeros(0))
+            per_class[i] = (len(found), float(np.median(found)) if len(found) else None)
     total = math.prod(shape)
     out = []
     for i in ids:
@@ -238,13 +300,13 @@ def measure(
             ClassMeasurement(
                 label=i,
                 prompt=str(label_names[i]),
-                voxels=counts[i],
-                fraction=counts[i] / total if total else 0.0,
-                size=counts[i] * pixel,
+                voxels=tally[i],
+                fraction=tally[i] / total if total else 0.0,
+                size=tally[i] * pixel,
                 unit=unit,
                 objects=n_obj,
                 median_object_size=med,
-                mean_intensity=(sums[i] / counts[i]) if image is not None and counts[i] else None,
+                mean_intensity=(sums[i] / tally[i]) if image is not None and tally[i] else None,
             )
         )
     return out
@@ -301,12 +363,93 @@ def report(measurements: Sequence[ClassMeasurement], *, ndim: int = 3) -> str:
     return "\n".join(lines)
 
 
-def to_csv(measurements: Sequence[Any], path: str | Path) -> Path:
-    """Write measurements (per prompt or per object) as CSV, one row each; returns the path."""
-    path = Path(path)
+def display_unit(value: float, unit: str) -> tuple[float, str]:
+    """``(factor, unit)`` to show sizes around ``value`` (in ``unit``) as people read them.
+
+    The rule of :func:`format_size`, for a whole axis or column at once: mL for volumes of at
+    least 0.1 mL, hectares (km^2 from 1 km^2) for areas in m^2 from 0.1 ha, cm^2 for slice
+    areas in mm^2 from 1 cm^2; otherwise ``unit`` itself (factor 1).
+    """
+    ml = _ML_PER_UNIT.get(unit)
+    if ml is not None and (value * ml >= 0.1 or unit != "mm^3"):
+        return ml, "mL"
+    if unit == "m^2" and value >= 1e6:
+        return 1e-6, "km^2"
+    if unit == "m^2" and value >= 1e3:
+        return 1e-4, "ha"
+    if unit == "mm^2" and value >= 100:
+        return 1e-2, "cm^2"
+    return 1.0, unit
+
+
+def _digits(value: float) -> float:
+    """``value`` to 15 significant digits: a converted size without float noise (1.44, not
+    1.4400000000000002)."""
+    return float(f"{value:.15g}")
+
+
+def _column_unit(unit: str) -> str:
+    """A unit as a column-name suffix: ``um^3`` -> ``um3``, ``voxel`` -> ``voxels``."""
+    return {"px": "px", "voxel": "voxels"}.get(unit, unit.replace("^", ""))
+
+
+def csv_rows(measurements: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and rows of :func:`to_csv`: one value per cell, units in the names.
+
+    ``size`` and ``median_object_size`` become ``size_{unit}`` (``size_um3``, ``size_mm3``,
+    ``size_m2``, ``size_voxels``), plus ``size_mL`` for volumes in mm^3, cm^3 or m^3 and
+    ``size_ha`` for areas in m^2; ``centroid`` becomes ``centroid_z``, ``centroid_y``,
+    ``centroid_x`` with the length unit (``centroid_z_um``; ``_px`` without units).
+
+    Raises
+    ------
+    ValueError
+        If the measurements are in different units (they come from different images).
+    """
     rows = [asdict(m) for m in measurements]
+    if not rows:
+        return ["label"], []
+    units = sorted({r["unit"] for r in rows})
+    if len(units) > 1:
+        raise ValueError(
+            f"measurements in different units ({', '.join(units)}) cannot share CSV columns; "
+            "write each image's measurements to its own file"
+        )
+    (unit,) = units
+    suffix = _column_unit(unit)
+    length = suffix.rstrip("0123456789") if suffix not in ("px", "voxels") else "px"
+    extra = {"mL": millilitres(1.0, unit), "ha": 1e-4 if unit == "m^2" else None}
+    out = []
+    for row in rows:
+        flat: dict[str, Any] = {}
+        for key, value in row.items():
+            if key == "unit":
+                continue
+            if key in ("size", "median_object_size"):
+                flat[f"{key}_{suffix}"] = value
+                for name, factor in extra.items():
+                    if factor is not None:
+                        flat[f"{key}_{name}"] = None if value is None else _digits(value * factor)
+            elif key == "centroid":
+                axes = list("zyx"[-len(value) :]) if len(value) <= 3 else range(len(value))
+                for axis, c in zip(axes, value):
+                    flat[f"centroid_{axis}_{length}"] = c
+            else:
+                flat[key] = value
+        out.append(flat)
+    return list(out[0]), out
+
+
+def to_csv(measurements: Sequence[Any], path: str | Path) -> Path:
+    """Write measurements (per prompt or per object) as CSV, one row each; returns the path.
+
+    One value per cell (no tuples), units in the column names; see :func:`csv_rows`. Empty
+    cells are values that were not measured (objects not counted, no intensity image).
+    """
+    path = Path(path)
+    names, rows = csv_rows(measurements)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["label"])
+        writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -185,6 +185,9 @@ class SegmentOptions:
         the input's CRS, with fields label, value and area.
     simplify : float, optional
         Simplify the ``vector`` polygons with this tolerance in CRS units.
+    report : bool
+        With ``out=``, write the HTML report ``{stem}_report.html`` beside the output when
+        the run completes (:mod:`napari_llmseg.report`); nothing is written without ``out=``.
     """
 
     model: Any = None
@@ -210,6 +213,7 @@ class SegmentOptions:
     probabilities: bool = False
     vector: Path | None = None
     simplify: float | None = None
+    report: bool = True
 
     def __post_init__(self) -> None:
         from .engine.normalize import parse_window
@@ -249,7 +253,9 @@ class SegmentOptions:
         if self.out is not None:
             output_kind(self.out)  # an unsupported suffix fails before any work
         put("vector", _path("vector", self.vector))
-        for flag in ("resume", "overwrite", "instances", "split", "fill_holes", "probabilities"):
+        flags = ("resume", "overwrite", "instances", "split", "fill_holes", "probabilities",
+                 "report")  # fmt: skip
+        for flag in flags:
             put(flag, bool(getattr(self, flag)))
         if self.split and not self.instances:
             raise ValueError("split=True (--split) separates objects: it needs instances=True "

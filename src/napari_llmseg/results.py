@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ class SegmentationResult:
     instance_classes : dict of int to str or None
         ``{id: prompt}`` for every object.
     files : list of Path
-        Final files written (a TIFF or NIfTI ``out=``, probabilities, vector polygons).
+        Final files written (a TIFF or NIfTI ``out=``, probabilities, vector polygons, the
+        report ``{stem}_report.html``).
     warnings : list of str
         Things the user should know about the result (e.g. a prompt far from anything the
         model knows).
@@ -73,7 +75,7 @@ class SegmentationResult:
         from .measure import measure
 
         if objects is None and self.instances is not None:
-            objects = self.object_measurements(image)
+            objects = self.object_measurements()  # sizes only: no intensities needed
         return measure(self.labels, self.label_names, objects=objects, **self._where(image))
 
     def object_measurements(self, image: Any = None) -> list | None:
@@ -95,3 +97,28 @@ class SegmentationResult:
         from .measure import report
 
         return report(self.measurements(), ndim=len(self.labels.shape)).splitlines()
+
+    def write_report(
+        self, path: str | PathLike, image: Any = None, *, overwrite: bool = False
+    ) -> Path:
+        """Write the HTML report of this result to ``path`` (:mod:`napari_llmseg.report`).
+
+        A run with ``out=`` writes it beside the output by itself (``{stem}_report.html``);
+        this writes one anywhere, for example for an in-memory result.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            An ``.html`` file.
+        image : ImageSource, array-like, str or PathLike, optional
+            The segmented image (or its path), drawn under the labels in the thumbnail.
+        overwrite : bool
+            Replace an existing report written by napari-llmseg (never another file).
+
+        Returns
+        -------
+        Path
+        """
+        from .report import write_report
+
+        return write_report(self, path, image=image, overwrite=overwrite)

@@ -41,7 +41,7 @@ def test_workers_read_the_selected_bands_and_skip_nodata(client, tmp_path):
     dist = single_thread_reference(
         src, tmp_path / "dist.tif", smooth_model, bands="3,1", scheduler=client
     )
-    assert dist.files == [tmp_path / "dist.tif"]
+    assert dist.files == [tmp_path / "dist.tif", tmp_path / "dist_report.html"]
     with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "dist.tif") as b:
         assert b.crs == a.crs and b.transform == a.transform == profile["transform"]
         la, lb = a.read(1), b.read(1)

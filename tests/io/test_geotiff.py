@@ -261,7 +261,7 @@ def test_integer_multiband_nodata_and_internal_mask(tmp_path, rng):
 def test_labels_geotiff_has_the_inputs_crs_transform_and_size(tmp_path, landsat_bands):
     out = tmp_path / "water.tif"
     res = segment(LANDSAT, "water", model=ndwi_model, out=out, probabilities=True)
-    assert res.files == [out, tmp_path / "water_probabilities.tif"]
+    assert res.files == [out, tmp_path / "water_probabilities.tif", tmp_path / "water_report.html"]
     assert res.out == tmp_path / "water.tif.zarr"
     with rasterio.open(LANDSAT) as src, rasterio.open(out) as ds:
         assert ds.crs == src.crs and ds.crs.to_wkt() == src.crs.to_wkt()
@@ -297,7 +297,7 @@ def test_zarr_output_keeps_crs_and_transform(tmp_path):
     meta = zarr.open_group(tmp_path / "w.zarr", mode="r").attrs["napari_llmseg"]
     assert CRS.from_wkt(meta["source_metadata"]["crs_wkt"]) == UTM
     assert meta["source_metadata"]["transform"] == res_transform(LANDSAT)
-    assert res.files == []
+    assert res.files == [tmp_path / "w_report.html"]  # the store itself is the output
 
 
 def test_file_outputs_are_never_overwritten_silently(tmp_path):
@@ -316,11 +316,12 @@ def test_file_outputs_are_never_overwritten_silently(tmp_path):
         segment(LANDSAT, "water", model=ndwi_model, out=out, resume=True)
     assert out.stat().st_mtime_ns == stamp
     res = segment(LANDSAT, "water", model=ndwi_model, out=out, overwrite=True)
-    assert res.files == [out] and out.stat().st_mtime_ns != stamp
+    assert res.files == [out, tmp_path / "w_report.html"] and out.stat().st_mtime_ns != stamp
     # resuming a complete run leaves its files alone, and writes a newly asked-for one
     stamp = out.stat().st_mtime_ns
     res = segment(LANDSAT, "water", model=ndwi_model, out=out, resume=True, probabilities=True)
-    assert res.files == [tmp_path / "w_probabilities.tif"] and out.stat().st_mtime_ns == stamp
+    assert res.files == [tmp_path / "w_probabilities.tif", tmp_path / "w_report.html"]
+    assert out.stat().st_mtime_ns == stamp
     assert res.info.windows == 0
 
 

@@ -80,7 +80,8 @@ def test_labels_nifti_keeps_the_affine_and_header_geometry_exactly(tmp_path, t1)
     out = tmp_path / "bright.nii.gz"
     res = segment(tmp_path / "slab.nii.gz", "bright", model=lambda x, p: (x - 100) / 10.0,
                   out=out, probabilities=True)  # fmt: skip
-    assert res.files == [out, tmp_path / "bright_probabilities.nii.gz"]
+    assert res.files == [out, tmp_path / "bright_probabilities.nii.gz",
+                         tmp_path / "bright_report.html"]  # fmt: skip
     lab = nib.load(out)
     assert np.array_equal(lab.affine, t1_slab.affine)
     for form in ("get_qform", "get_sform"):

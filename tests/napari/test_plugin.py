@@ -99,6 +99,44 @@ def test_run_adds_labels_with_names_scale_and_measurements(
     )
 
 
+def test_open_report_button_writes_and_opens_the_report(
+    qtbot, viewer_and_widget, notes, tmp_path, monkeypatch
+):
+    import tempfile
+    import webbrowser
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    viewer, widget = viewer_and_widget
+    vol = tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[28:31]
+    layer = viewer.add_image(vol, name="nuclei", scale=(0.29, 0.26, 0.26), units=("um",) * 3)
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    assert not widget.report_button.enabled  # nothing to report yet
+    run_and_wait(qtbot, widget)
+    assert widget.report_button.enabled
+    widget.report_button.changed.emit(True)
+    # an in-memory result: the report goes to the temporary folder, with the layer's image
+    (written,) = (tmp_path / "tmp" / "napari-llmseg").glob("nuclei-*_report.html")
+    assert opened == [written.as_uri()]
+    text = written.read_text()
+    n = int((np.asarray(viewer.layers["nuclei labels"].data) == 1).sum())
+    assert f'<td class="num">{n:,}</td>' in text and "µm³" in text
+    assert "labels in their colours over the input" in text  # the thumbnail has the image
+    assert any(str(written) in m for _, m in notes)
+    widget.report_button.changed.emit(True)  # opening again reuses the file
+    assert opened == [written.as_uri()] * 2
+    # with "save to", the run's own report beside the store is opened
+    widget.save_to.value = tmp_path / "saved.zarr"
+    run_and_wait(qtbot, widget)
+    widget.report_button.changed.emit(True)
+    assert opened[-1] == (tmp_path / "saved_report.html").as_uri()
+    assert "saved.zarr" in (tmp_path / "saved_report.html").read_text()
+    assert len(list((tmp_path / "tmp" / "napari-llmseg").iterdir())) == 1
+
+
 def test_cancel_stops_and_says_so(qtbot, viewer_and_widget, notes):
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(

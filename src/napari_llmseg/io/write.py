@@ -69,14 +69,20 @@ def working_store(out: str | Path) -> Path:
     return out if output_kind(out) == "zarr" else out.with_name(out.name + ".zarr")
 
 
+def output_stem(out: str | Path) -> str:
+    """The name of an output without its format suffix: ``ct.nii.gz`` -> ``ct``."""
+    out = Path(out)
+    suffix = _suffix(out)
+    return out.name[: len(out.name) - len(suffix)] if suffix else out.name
+
+
 def probabilities_path(out: str | Path) -> Path:
     """``water.tif`` -> ``water_probabilities.tif``, ``ct.nii.gz`` -> ``ct_probabilities.nii.gz``.
 
     Only the name changes: the folder and the suffix stay.
     """
     out = Path(out)
-    suffix = _suffix(out)
-    stem = out.name[: len(out.name) - len(suffix)] if suffix else out.name
+    stem = output_stem(out)
     return out.with_name(f"{stem}_probabilities{out.name[len(stem) :]}")
 
 

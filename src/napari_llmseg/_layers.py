@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io.labels import label_color
+from .io.labels import NO_DATA, label_color
 
 LayerData = tuple[Any, dict, str]
 
@@ -240,9 +240,17 @@ def geotiff_layers(path: str | Path) -> list[LayerData]:
     n = array.shape[2]
     names = label_names_in(path) if n == 1 and source.dtype.kind in "ui" else None
     if names is not None:
-        return [
-            labels_layer(data[..., 0], name=name, label_names=names, metadata=metadata, **where)
-        ]
+        features = labels_features(names)
+        nodata = (source.nodata or (None,))[0]
+        if nodata is not None and nodata not in features["index"]:
+            # pixels without input data: transparent (not in the colormap), named on hover
+            features["index"].append(int(nodata))
+            features["prompt"].append(NO_DATA)
+        layer = labels_layer(
+            data[..., 0], name=name, label_names=names, metadata=metadata, features=features,
+            **where,
+        )  # fmt: skip
+        return [layer]
     if n == 1:
         return [image_layer(data[..., 0], name=name, metadata=metadata, **where)]
     if n in (3, 4) and source.dtype.kind == "u" and source.dtype.itemsize == 1:

@@ -489,6 +489,7 @@ def _finish(
             sink, opts.out, label_names=job.label_names,
             source_metadata=job.attrs["source_metadata"], probabilities=opts.probabilities,
             vector=opts.vector, simplify=opts.simplify, overwrite=opts.overwrite,
+            source=job.source,
         )  # fmt: skip
     if store is not None:
         store.update_attrs(

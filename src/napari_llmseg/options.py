@@ -127,8 +127,9 @@ class SegmentOptions:
     out : str or PathLike, optional
         Where to write the result; without it the result is returned in memory. A ``.zarr``
         store (or a path without suffix) receives ``labels`` and ``probabilities`` chunk by
-        chunk. A ``.tif``/``.tiff`` file gets the labels as a tiled, compressed GeoTIFF with
-        the input's CRS and transform (a plain TIFF for inputs without georeferencing); a
+        chunk. A ``.tif``/``.tiff`` file gets the labels as a Cloud-Optimised GeoTIFF with the
+        input's CRS and transform, 255 where the input had no data, and an ``.aux.xml``
+        sidecar naming the classes (a plain TIFF for inputs without georeferencing); a
         ``.nii``/``.nii.gz`` file gets them as NIfTI with the input's affine. Both are written
         from a working store ``out + ".zarr"`` once the run (and any post-processing) is
         complete (see ``docs/formats.md``).

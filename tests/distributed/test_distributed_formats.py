@@ -41,10 +41,15 @@ def test_workers_read_the_selected_bands_and_skip_nodata(client, tmp_path):
     dist = single_thread_reference(
         src, tmp_path / "dist.tif", smooth_model, bands="3,1", scheduler=client
     )
-    assert dist.files == [tmp_path / "dist.tif"]
+    assert dist.files == [tmp_path / "dist.tif", tmp_path / "dist.tif.aux.xml"]
     with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "dist.tif") as b:
         assert b.crs == a.crs and b.transform == a.transform == profile["transform"]
         la, lb = a.read(1), b.read(1)
     np.testing.assert_array_equal(la, lb)
-    assert not lb[20:50, 30:90].any() and lb.any()
+    with_data = np.ones(lb.shape, bool)
+    with_data[20:50, 30:90] = False
+    assert (lb[20:50, 30:90] == 255).all() and (lb[with_data] != 255).all()
+    assert lb[with_data].any()
+    assert not np.asarray(dist.labels)[20:50, 30:90].any()  # the store keeps background there
     np.testing.assert_array_equal(np.asarray(dist.probabilities), np.asarray(ref.probabilities))
+

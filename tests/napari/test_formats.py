@@ -48,7 +48,10 @@ def test_labels_geotiff_written_by_us_opens_as_labels(make_napari_viewer, tmp_pa
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(tmp_path / "water.tif"), plugin="napari-llmseg")
     assert layer._type_string == "labels"
-    assert list(layer.features["prompt"]) == ["background", "water"]
+    assert list(layer.features["prompt"]) == ["background", "water", "no data"]
+    assert list(layer.features["index"]) == [0, 1, 255]
+    alpha = np.asarray(layer.colormap.map(np.array([0, 1, 255])))[:, 3]
+    assert alpha.tolist() == [0, 1, 0]  # background and no data transparent, water shown
     with rasterio.open(tmp_path / "water.tif") as ds:
         np.testing.assert_array_equal(np.asarray(layer.data), ds.read(1))
     # it lies on top of the scene it came from, as does a zarr result store

@@ -1,4 +1,4 @@
-"""GeoTIFF and Cloud-Optimised GeoTIFF: lazy windowed reads and georeferenced writes (rasterio).
+"""GeoTIFF and Cloud-Optimised GeoTIFF: lazy windowed reads, Cloud-Optimised writes (rasterio).
 
 Reading never loads a whole scene: :class:`RasterioArray` turns every slice into a windowed
 ``DatasetReader.read`` of the selected bands. Bands are chosen as in GDAL and rasterio, by
@@ -21,15 +21,19 @@ Georeferencing travels as JSON in ``ImageSource.metadata``:
     the napari translate of pixel (0, 0). napari's Y axis points down, so for a north-up
     raster the world Y shown in napari is minus the northing.
 
-Writing (:func:`write_geotiff`) produces a tiled (256 x 256), DEFLATE-compressed GeoTIFF with
-the same CRS, transform and size, window by window from a (zarr) array, to a temporary name
-that is renamed when complete.
+Writing (:func:`write_geotiff`) produces a Cloud-Optimised GeoTIFF with the same CRS,
+transform and size: ``data`` (a zarr array, never loaded whole) is copied window by window
+into a temporary tiled GeoTIFF, which GDAL's COG driver rewrites with internal overviews
+under a temporary name, renamed when complete. A categorical raster also gets an ``.aux.xml``
+sidecar with GDAL category names and a raster attribute table (GeoTIFF has no place for them
+that GDAL < 3.12 reads).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import atomic_path
+from ._files import atomic_path, check_file_target
 from ._optional import MissingExtraError, require
 from .source import ImageSource, LazyArray
 
@@ -45,9 +49,11 @@ from .source import ImageSource, LazyArray
 #: GeoKeyDirectory.
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)
 
-#: Edge of the tiles written, and of the windows copied at a time (a multiple of it).
-TILE = 256
-COPY_WINDOW = 4 * TILE
+#: Edge of the tiles written (GDAL's COG default), and of the windows copied at a time.
+TILE = 512
+COPY_WINDOW = 2 * TILE
+#: Rows read at a time (at least) from rasters stored in strips.
+READ_ROWS = 256
 
 _UNIT_NAMES = {"metre": "m", "meter": "m", "foot": "ft", "us survey foot": "ftUS", "degree": "deg"}
 
@@ -72,7 +78,7 @@ def is_georeferenced(path: str | Path) -> bool:
         path.with_suffix(".tfw"),
         path.with_suffix(".tifw"),
         path.with_suffix(".wld"),
-        path.with_name(path.name + ".aux.xml"),
+        pam_path(path),
     )
     return any(p.is_file() for p in sidecars)
 
@@ -222,7 +228,7 @@ class RasterioArray(LazyArray):
         self.shape = (int(shape[0]), int(shape[1]), len(self.indexes))
         self.dtype = np.dtype(dtype)
         # Strips are a few rows high; read at least ~256 rows at a time.
-        bh = int(block[0]) * max(1, math.ceil(TILE / max(1, int(block[0]))))
+        bh = int(block[0]) * max(1, math.ceil(READ_ROWS / max(1, int(block[0]))))
         self.chunks = (min(bh, self.shape[0]), min(int(block[1]), self.shape[1]), self.shape[2])
 
     def __repr__(self) -> str:
@@ -388,6 +394,35 @@ def _json_float(value: Any) -> Any:
 
 
 # --- writing -----------------------------------------------------------------------------
+#: Creation options of GDAL's COG driver: DEFLATE (the codec every GIS reads) with its
+#: predictor (horizontal differencing for integers, floating point for floats), BigTIFF only
+#: when the file could pass 4 GiB, compression on every core.
+COG_OPTIONS = {
+    "BLOCKSIZE": TILE,
+    "COMPRESS": "DEFLATE",
+    "PREDICTOR": "YES",
+    "BIGTIFF": "IF_SAFER",
+    "NUM_THREADS": "ALL_CPUS",
+}
+#: GDAL's block cache while the COG is built, in MB: it bounds the memory the translation
+#: and the overviews take, whatever the size of the raster (docs/formats.md).
+COG_CACHE_MB = 128
+#: Overview resampling methods: "mode" and "nearest" keep exact label values at every level,
+#: "average" suits probabilities.
+OVERVIEW_RESAMPLING = ("mode", "nearest", "average")
+#: GDAL raster attribute table field types and usages (gdal.h: GDALRATFieldType/Usage).
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 2, 5, 6, 7, 8, 9
+#: Category names are written for label values up to this (GDAL lists one per value from 0).
+MAX_CATEGORIES = 1024
+
+
+def pam_path(path: str | Path) -> Path:
+    """GDAL's sidecar of ``path`` (``water.tif.aux.xml``): metadata the TIFF cannot hold."""
+    path = Path(path)
+    return path.with_name(path.name + ".aux.xml")
+
+
 def write_geotiff(
     path: str | Path,
     data: Any,
@@ -396,17 +431,25 @@ def write_geotiff(
     transform: Sequence[float] | None,
     descriptions: Sequence[str] | None = None,
     tags: Mapping[str, str] | None = None,
-    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    classes: Mapping[int, tuple[str, tuple[int, int, int, int]]] | None = None,
+    nodata: float | None = None,
+    invalid: Any = None,
+    overview_resampling: str = "nearest",
     overwrite: bool = False,
 ) -> Path:
-    """Write ``data`` as a tiled, compressed GeoTIFF, window by window.
+    """Write ``data`` as a Cloud-Optimised GeoTIFF, in bounded memory.
+
+    ``data`` is copied window by window into a temporary tiled GeoTIFF beside ``path``, which
+    GDAL's COG driver (through ``rasterio.shutil.copy``) then rewrites with internal overviews
+    in COG order: 512 x 512 DEFLATE tiles, overviews halving the size until it fits one tile,
+    IFDs first, then tile data from the smallest overview to full resolution.
 
     Parameters
     ----------
     path : str or Path
         Output file; written under a temporary name and renamed when complete.
     data : (Y, X) or (B, Y, X) array-like
-        Labels or probabilities (numpy or zarr); read in windows of 1024 x 1024.
+        Labels or probabilities (numpy, dask or zarr); read in windows of 1024 x 1024.
     crs_wkt : str or None
         CRS as WKT; None writes no CRS.
     transform : sequence of 6 float or None
@@ -414,11 +457,21 @@ def write_geotiff(
     descriptions : sequence of str, optional
         One per band.
     tags : mapping, optional
-        Dataset metadata items.
-    colormap : mapping of int to RGBA, optional
-        Palette for band 1 (uint8 only).
+        Dataset metadata items (kept in the TIFF's GDAL_METADATA tag).
+    classes : mapping of int to (str, RGBA), optional
+        For a categorical band 1: the name and colour (0-255) of each value. Written as a TIFF
+        palette (uint8 bands), and, in the ``.aux.xml`` sidecar GDAL reads with the file
+        (:func:`pam_path`), as GDAL category names and a raster attribute table with the
+        colours and their opacity.
+    nodata : float, optional
+        The bands' nodata value (NaN allowed).
+    invalid : (Y, X) bool array-like, optional
+        True where the input had no data: those pixels are written as ``nodata``. Read window
+        by window, like ``data``.
+    overview_resampling : {"nearest", "mode", "average"}
+        How overviews are computed; "mode" or "nearest" for labels.
     overwrite : bool
-        Replace an existing file.
+        Replace an existing file (and its sidecar).
 
     Returns
     -------
@@ -426,7 +479,8 @@ def write_geotiff(
     """
     rasterio = _rasterio("writing GeoTIFF")
     from affine import Affine
-    from rasterio.windows import Window
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.shutil import copy as gdal_copy
 
     path = Path(path)
     shape = tuple(int(s) for s in data.shape)
@@ -435,8 +489,21 @@ def write_geotiff(
             f"a GeoTIFF holds (Y, X) or (bands, Y, X) data, got shape {shape}; write 3D "
             "results as .zarr or .nii.gz"
         )
+    if overview_resampling not in OVERVIEW_RESAMPLING:
+        raise ValueError(
+            f"overview_resampling must be one of {', '.join(OVERVIEW_RESAMPLING)}, got "
+            f"{overview_resampling!r}"
+        )
     count = 1 if len(shape) == 2 else shape[0]
     height, width = shape[-2:]
+    if invalid is not None:
+        if nodata is None:
+            raise ValueError("invalid= marks pixels to write as nodata; give nodata= too")
+        if tuple(int(s) for s in invalid.shape) != (height, width):
+            raise ValueError(
+                f"invalid has shape {tuple(invalid.shape)}, expected the raster's "
+                f"{(height, width)}"
+            )
     dtype = np.dtype(data.dtype)
     profile: dict[str, Any] = {
         "driver": "GTiff",
@@ -448,35 +515,102 @@ def write_geotiff(
         "blockxsize": TILE,
         "blockysize": TILE,
         "compress": "deflate",
-        "predictor": 3 if dtype.kind == "f" else 2,
+        "zlevel": 1,  # a temporary file: fast beats small
         "BIGTIFF": "IF_SAFER",
         "interleave": "band" if count > 1 else "pixel",
     }
+    if nodata is not None:
+        profile["nodata"] = nodata
     if transform is not None:
         profile["transform"] = Affine(*[float(v) for v in transform[:6]])
     if crs_wkt:
         profile["crs"] = rasterio.crs.CRS.from_wkt(crs_wkt)
+    sidecar = pam_path(path)
+    check_file_target(sidecar, overwrite=overwrite)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        from rasterio.errors import NotGeoreferencedWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as ds:
-                for y0 in range(0, height, COPY_WINDOW):
-                    for x0 in range(0, width, COPY_WINDOW):
-                        y1, x1 = min(y0 + COPY_WINDOW, height), min(x0 + COPY_WINDOW, width)
-                        window = Window(x0, y0, x1 - x0, y1 - y0)
-                        if len(shape) == 2:
-                            ds.write(np.asarray(data[y0:y1, x0:x1]), 1, window=window)
-                        else:
-                            ds.write(np.asarray(data[:, y0:y1, x0:x1]), window=window)
-                for i, text in enumerate(descriptions or (), 1):
-                    ds.set_band_description(i, str(text))
-                if tags:
-                    ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
-                if colormap and dtype == np.uint8:
-                    ds.write_colormap(1, {int(k): tuple(v) for k, v in colormap.items()})
+        staging = tmp.with_name(f"{tmp.stem}.staging{tmp.suffix}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(staging, "w", **profile) as ds:
+                    _copy_windows(ds, data, invalid, nodata)
+                    for i, text in enumerate(descriptions or (), 1):
+                        ds.set_band_description(i, str(text))
+                    if tags:
+                        ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
+                    if classes and dtype == np.uint8:
+                        ds.write_colormap(1, {int(k): tuple(c) for k, (_, c) in classes.items()})
+                with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
+                    gdal_copy(
+                        staging, tmp, driver="COG",
+                        OVERVIEW_RESAMPLING=overview_resampling.upper(), **COG_OPTIONS,
+                    )  # fmt: skip
+        finally:
+            for leftover in (staging, pam_path(staging), pam_path(tmp)):
+                if leftover.exists():
+                    leftover.unlink()
+        if classes:
+            with atomic_path(sidecar, overwrite=overwrite) as pam:
+                pam.write_text(label_pam(classes, nodata=nodata), encoding="utf-8")
+        elif sidecar.exists():
+            os.remove(sidecar)  # it described the file being replaced
     return path
+
+
+def _copy_windows(ds: Any, data: Any, invalid: Any, nodata: float | None) -> None:
+    """Copy ``data`` into the open dataset ``ds`` in windows of COPY_WINDOW, writing
+    ``nodata`` where ``invalid`` is True."""
+    from rasterio.windows import Window
+
+    lead = (slice(None),) * (len(data.shape) - 2)
+    for y0 in range(0, ds.height, COPY_WINDOW):
+        for x0 in range(0, ds.width, COPY_WINDOW):
+            y1, x1 = min(y0 + COPY_WINDOW, ds.height), min(x0 + COPY_WINDOW, ds.width)
+            block = np.asarray(data[(*lead, slice(y0, y1), slice(x0, x1))])
+            if invalid is not None:
+                bad = np.asarray(invalid[y0:y1, x0:x1], dtype=bool)
+                if bad.any():
+                    block = np.where(bad, np.asarray(nodata, block.dtype), block)
+            window = Window(x0, y0, x1 - x0, y1 - y0)
+            if block.ndim == 2:
+                ds.write(block, 1, window=window)
+            else:
+                ds.write(block, window=window)
+
+
+def label_pam(
+    classes: Mapping[int, tuple[str, tuple[int, int, int, int]]], *, nodata: float | None = None
+) -> str:
+    """GDAL PAM XML (``.aux.xml``) for band 1 of a categorical raster: category names (what
+    ``gdalinfo`` lists, values 0..N without the nodata value) and a thematic raster attribute
+    table with value, class name and RGBA colour per class (what QGIS >= 3.30 styles the
+    layer with, and ArcGIS shows)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    values = sorted(int(v) for v in classes)
+    named = [v for v in values if nodata is None or v != nodata]
+    if named and named[0] >= 0 and named[-1] <= MAX_CATEGORIES:
+        categories = ET.SubElement(band, "CategoryNames")
+        for v in range(named[-1] + 1):
+            ET.SubElement(categories, "Category").text = classes[v][0] if v in classes else ""
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    fields = [("value", _GFT_INTEGER, _GFU_MINMAX), ("class", _GFT_STRING, _GFU_NAME),
+              ("red", _GFT_INTEGER, _GFU_RED), ("green", _GFT_INTEGER, _GFU_GREEN),
+              ("blue", _GFT_INTEGER, _GFU_BLUE), ("alpha", _GFT_INTEGER, _GFU_ALPHA)]  # fmt: skip
+    for i, (name, kind, usage) in enumerate(fields):
+        field = ET.SubElement(rat, "FieldDefn", index=str(i))
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for row, v in enumerate(values):
+        text, rgba = classes[v]
+        item = ET.SubElement(rat, "Row", index=str(row))
+        for cell in (v, text, *rgba):
+            ET.SubElement(item, "F").text = str(cell)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
 
 
 def label_tags(label_names: Mapping[int, str], extra: Mapping[str, Any] | None = None) -> dict:

@@ -234,7 +234,7 @@ def geotiff_layers(path: str | Path) -> list[LayerData]:
     source = open_geotiff(path)
     array, meta = source.array, source.metadata
     data = da.from_array(array, chunks=(COPY_WINDOW, COPY_WINDOW, array.shape[2]))
-    name = _name(path, ".tiff", ".tif")
+    name = _name(path, ".tiff", ".tif", ".vrt", ".jp2")
     where = {key: meta.get(key) for key in ("scale", "translate", "units")}
     metadata = {"napari_llmseg_source": meta}
     n = array.shape[2]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class RunPlan:
     post: PostProcess
     attrs: dict  # provenance and parameters, recorded in the store
     store_path: Path | None  # the zarr store written chunk by chunk
+    warnings: list[str] = field(default_factory=list)  # for SegmentationResult.warnings
 
     @property
     def model(self) -> Any:
@@ -123,6 +124,7 @@ def iter_segment(
         instances=objects[0],
         instance_classes=objects[1],
         files=files,
+        warnings=list(run_plan.warnings),
     )  # fmt: skip
 
 
@@ -139,11 +141,12 @@ def segment(
 
     Parameters
     ----------
-    image : array-like, str or PathLike
+    image : array-like, str, PathLike or list of them
         (Y, X[, C]) or (Z, Y, X[, C]) numpy, dask or zarr array, or a path to a ``.zarr``
         store (plain array or OME-Zarr), a ``.tif``/``.tiff`` (GeoTIFF/COG through rasterio),
-        a ``.npy``, a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series. Read
-        lazily, never written to.
+        a ``.vrt`` or ``.jp2``, a ``.npy``, a ``.nii``/``.nii.gz`` file or a folder holding
+        one DICOM series; or a list of raster files on one grid, stacked as bands in order
+        (``["B4.TIF", "B3.TIF", "B2.TIF"]``). Read lazily, never written to.
     prompts : str or list of str
         What to segment, e.g. ``"nuclei"`` or ``["nuclei", "membrane"]``.
     options : SegmentOptions, optional
@@ -197,8 +200,10 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     source = open_image(image, channel_axis=opts.channel_axis, bands=opts.bands)
     backend, fn, model_desc = resolve_model(opts.model, str(torch_device))
     _check_window(opts, backend, source)
+    notes = []
     if backend is not None:
         backend.check_channels(source.n_channels)
+        notes = _band_warnings(source, backend.name)
     dims = backend.spatial_dims if backend is not None else 2
     roi = _roi_tuple(opts.roi_size, backend.default_roi if backend is not None else 256, dims)
     shape = source.spatial_shape
@@ -224,7 +229,21 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
             )
     attrs = _provenance(source, prompts, opts, model_desc, plan, post)
     store_path = working_store(opts.out) if opts.out is not None else None
-    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path)
+    return RunPlan(
+        source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path, notes
+    )
+
+
+def _band_warnings(source: ImageSource, model: str) -> list[str]:
+    """Warn (now, and in the result) when the three bands a true-colour model gets are known
+    not to be red, green, blue (:mod:`napari_llmseg.io.bands`)."""
+    from .io.bands import true_colour_warning
+
+    note = true_colour_warning(source.metadata, model)
+    if note is None:
+        return []
+    warnings.warn(note, UserWarning, stacklevel=5)
+    return [note]
 
 
 def resolve_model(model: Any, device: str) -> tuple[Any, Callable | None, dict]:
@@ -324,13 +343,14 @@ def _open_store(job: RunPlan) -> tuple[str, OutputStore | None, np.ndarray | Non
     if job.store_path is None:
         return "memory", None, None, None
     action = check_output_path(
-        job.store_path, input_path=job.source.path, overwrite=opts.overwrite, resume=opts.resume
-    )
+        job.store_path, input_path=job.source.paths, overwrite=opts.overwrite,
+        resume=opts.resume,
+    )  # fmt: skip
     from .io.write import check_targets
 
     check_targets(
         opts.out, vector=opts.vector, probabilities=opts.probabilities,
-        input_path=job.source.path, overwrite=opts.overwrite,
+        input_path=job.source.paths, overwrite=opts.overwrite,
         resume_existing=action == "resume", spatial_shape=job.plan.shape,
     )  # fmt: skip
     if action != "resume":

@@ -120,7 +120,8 @@ class SegmentOptions:
         Axis of the image that holds channels; without it every axis is spatial.
     bands : sequence of int or str, or str, optional
         Bands of a (Geo)TIFF to segment, by 1-based index or description, e.g. ``"3,2,1"``
-        for a Landsat RGB composite.
+        for true colour on Landsat 5/7 (``"4,3,2"`` on Landsat 8/9); for a list of band
+        files, numbered across the files.
     window : str or (float, float), optional
         CT window replacing the percentile normalisation: a preset (``"bone"``,
         ``"soft-tissue"``, ``"lung"``, ``"brain"``), ``"L,W"`` or ``(level, width)`` in HU.

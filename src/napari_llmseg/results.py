@@ -43,7 +43,8 @@ class SegmentationResult:
         Final files written (a TIFF or NIfTI ``out=``, probabilities, vector polygons).
     warnings : list of str
         Things the user should know about the result (e.g. a prompt far from anything the
-        model knows).
+        model knows, or bands that are not the true colour the model expects), also issued
+        as ``UserWarning`` when found.
     """
 
     probabilities: Any

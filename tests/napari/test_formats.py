@@ -22,6 +22,22 @@ def test_readers_claim_only_their_files(tmp_path):
     assert get_geotiff_reader([str(LANDSAT), str(LANDSAT)]) is None
     assert get_nifti_reader(str(need(MRI_T1, "mricron-data"))) is not None
     assert get_nifti_reader(str(tmp_path / "missing.nii.gz")) is None
+    from tests.io.test_bands import write_vrt
+
+    vrt = write_vrt(tmp_path / "rgb.vrt", [3, 2, 1])
+    assert get_geotiff_reader(str(vrt)) is not None  # GDAL virtual rasters open through us
+    assert get_geotiff_reader(str(tmp_path / "missing.vrt")) is None
+
+
+def test_a_vrt_opens_as_an_rgb_image(make_napari_viewer, tmp_path):
+    from tests.io.test_bands import write_vrt
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(write_vrt(tmp_path / "rgb.vrt", [3, 2, 1])),
+                           plugin="napari-llmseg")  # fmt: skip
+    assert layer.name == "rgb" and layer.rgb and layer.data.shape == (352, 349, 3)
+    with rasterio.open(LANDSAT) as ds:
+        np.testing.assert_array_equal(np.asarray(layer.data)[..., 0], ds.read(3))
 
 
 def test_geotiff_opens_with_scale_translate_and_crs(make_napari_viewer):

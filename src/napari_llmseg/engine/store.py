@@ -23,6 +23,7 @@ moment (even ``kill -9``) leaves a store whose marked chunks are complete and co
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,13 +66,17 @@ def _is_our_store(path: Path) -> bool:
     return ATTR_KEY in node.attrs
 
 
-def check_output_path(out: Path, *, input_path: Path | None, overwrite: bool, resume: bool) -> str:
-    """Decide what to do with ``out``: 'create', 'resume' or 'replace'; refuse what is unsafe."""
-    if input_path is not None:
-        a, b = out.resolve(), input_path.resolve()
+def check_output_path(
+    out: Path, *, input_path: Path | Sequence[Path] | None, overwrite: bool, resume: bool
+) -> str:
+    """Decide what to do with ``out``: 'create', 'resume' or 'replace'; refuse what is unsafe
+    (an output overlapping the input, or any of its files)."""
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path or [])
+    for given in inputs:
+        a, b = out.resolve(), Path(given).resolve()
         if a == b or a in b.parents or b in a.parents:
             raise ValueError(
-                f"output '{out}' overlaps the input '{input_path}'; the input is never written "
+                f"output '{out}' overlaps the input '{given}'; the input is never written "
                 "to, choose an output path outside it"
             )
     if not out.exists():

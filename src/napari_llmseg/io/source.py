@@ -90,7 +90,7 @@ class ImageSource:
     name : str
         Short description for messages and metadata (a path or the array type).
     path : Path or None
-        File the image was read from, if any.
+        File the image was read from, if any (None for a stack of several files).
     metadata : dict
         Physical metadata found with the image (``scale``, ``units``, ``axes``...); for a
         GeoTIFF also ``crs_wkt``, ``transform``, ``nodata``, ``band_indexes``, for NIfTI and
@@ -99,6 +99,9 @@ class ImageSource:
         Per channel, the value that marks a pixel without data (NaN allowed), or None.
     mask : array-like, optional
         Lazy boolean array of the spatial shape, True where a pixel carries data.
+    paths : tuple of Path
+        Every file the image is read from (``(path,)`` for one file, several for a stack of
+        band files); outputs must not overlap any of them.
     """
 
     array: Any
@@ -108,8 +111,12 @@ class ImageSource:
     metadata: dict = field(default_factory=dict)
     nodata: tuple[float | None, ...] | None = None
     mask: Any = None
+    paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
+        self.paths = tuple(Path(p) for p in self.paths)
+        if not self.paths and self.path is not None:
+            self.paths = (Path(self.path),)
         shape = tuple(int(s) for s in self.array.shape)
         ndim = len(shape)
         if self.channel_axis is not None:

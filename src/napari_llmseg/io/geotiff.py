@@ -776,7 +776,7 @@ def label_pam(
     """GDAL PAM XML (``.aux.xml``) for band 1 of a categorical raster: category names (what
     ``gdalinfo`` lists, values 0..N without the nodata value) and a thematic raster attribute
     table with value, class name and RGBA colour per class (what QGIS >= 3.30 styles the
-    layer with, and ArcGIS shows)."""
+    layer with)."""
     import xml.etree.ElementTree as ET
 
     root = ET.Element("PAMDataset")

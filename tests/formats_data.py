@@ -113,3 +113,48 @@ def dicom_series(
             ds.RescaleIntercept = intercept
         ds.save_as(folder / f"IM{file_index:04d}.dcm")
     return stored
+
+
+# --- GDAL's own tools (Debian gdal-bin and python3-gdal, installed by `make system-deps`) ---
+#: The system Python of Debian, with GDAL's Python bindings and utilities (python3-gdal).
+GDAL_PYTHON = Path("/usr/bin/python3")
+COG_VALIDATOR = "osgeo_utils.samples.validate_cloud_optimized_geotiff"
+
+
+def _clean_env() -> dict:
+    """The environment without our venv's Python settings, for Debian's own Python."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def validate_cog(path: Path) -> tuple[bool, str]:
+    """Run GDAL's validate_cloud_optimized_geotiff.py (the script GDAL ships, from Debian's
+    python3-gdal) on ``path`` with --full-check=yes -> (valid, its report)."""
+    import subprocess
+
+    probe = subprocess.run(
+        [str(GDAL_PYTHON), "-c", f"import {COG_VALIDATOR}"], capture_output=True,
+        env=_clean_env(),
+    )  # fmt: skip
+    if not GDAL_PYTHON.exists() or probe.returncode != 0:
+        pytest.skip("GDAL's COG validator missing: apt-get install -y python3-gdal "
+                    "(make system-deps)")  # fmt: skip
+    done = subprocess.run(
+        [str(GDAL_PYTHON), "-m", COG_VALIDATOR, "--full-check=yes", str(path)],
+        capture_output=True, text=True, env=_clean_env(),
+    )  # fmt: skip
+    return done.returncode == 0, done.stdout + done.stderr
+
+
+def gdalinfo_json(path: Path) -> dict:
+    """``gdalinfo -json`` of ``path`` (Debian's gdal-bin: a GDAL other than rasterio's)."""
+    import json
+    import shutil
+    import subprocess
+
+    exe = shutil.which("gdalinfo")
+    if exe is None:
+        pytest.skip("gdalinfo missing: apt-get install -y gdal-bin (make system-deps)")
+    done = subprocess.run([exe, "-json", str(path)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)

@@ -29,7 +29,8 @@ def test_unsupported_file_type(tmp_path):
     p.write_bytes(b"\x89PNG")
     with pytest.raises(
         ValueError,
-        match=r"unsupported file type '\.png'.*expected one of \.zarr, \.tif, \.tiff, \.npy",
+        match=r"unsupported file type '\.png'.*expected one of \.zarr, \.tif, \.tiff, "
+        r"\.vrt, \.jp2, \.npy",
     ):
         run(p)
 

@@ -23,6 +23,7 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
     lines = captured.out.strip().splitlines()
     assert lines[:5] == [
         f"wrote {out}",
+        f"wrote {out}.aux.xml",  # class names and attribute table, for GDAL and QGIS
         f"wrote {tmp_path / 'w_probabilities.tif'}",
         f"wrote {vec}",
         f"wrote {tmp_path / 'w_report.html'}",

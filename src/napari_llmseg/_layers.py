@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io.labels import label_color
+from .io.labels import NO_DATA, label_color
 
 LayerData = tuple[Any, dict, str]
 
@@ -234,15 +234,23 @@ def geotiff_layers(path: str | Path) -> list[LayerData]:
     source = open_geotiff(path)
     array, meta = source.array, source.metadata
     data = da.from_array(array, chunks=(COPY_WINDOW, COPY_WINDOW, array.shape[2]))
-    name = _name(path, ".tiff", ".tif")
+    name = _name(path, ".tiff", ".tif", ".vrt", ".jp2")
     where = {key: meta.get(key) for key in ("scale", "translate", "units")}
     metadata = {"napari_llmseg_source": meta}
     n = array.shape[2]
     names = label_names_in(path) if n == 1 and source.dtype.kind in "ui" else None
     if names is not None:
-        return [
-            labels_layer(data[..., 0], name=name, label_names=names, metadata=metadata, **where)
-        ]
+        features = labels_features(names)
+        nodata = (source.nodata or (None,))[0]
+        if nodata is not None and nodata not in features["index"]:
+            # pixels without input data: transparent (not in the colormap), named on hover
+            features["index"].append(int(nodata))
+            features["prompt"].append(NO_DATA)
+        layer = labels_layer(
+            data[..., 0], name=name, label_names=names, metadata=metadata, features=features,
+            **where,
+        )  # fmt: skip
+        return [layer]
     if n == 1:
         return [image_layer(data[..., 0], name=name, metadata=metadata, **where)]
     if n in (3, 4) and source.dtype.kind == "u" and source.dtype.itemsize == 1:

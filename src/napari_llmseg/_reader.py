@@ -32,14 +32,18 @@ def read_zarr(path: str | list[str]) -> list[tuple]:
 
 
 def get_geotiff_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
-    """A reader for a georeferenced TIFF (rasterio installed); plain TIFFs are left to others."""
+    """A reader for a georeferenced TIFF, a GDAL virtual raster (.vrt) or a JPEG 2000 file
+    (rasterio installed); plain TIFFs are left to others."""
     import importlib.util
 
     p = _single(path)
-    if p is None or p.suffix.lower() not in (".tif", ".tiff") or not p.is_file():
+    suffix = p.suffix.lower() if p is not None else ""
+    if p is None or suffix not in (".tif", ".tiff", ".vrt", ".jp2") or not p.is_file():
         return None
     if importlib.util.find_spec("rasterio") is None:
         return None
+    if suffix in (".vrt", ".jp2"):
+        return read_geotiff
     from .io.geotiff import is_georeferenced
 
     return read_geotiff if is_georeferenced(p) else None

@@ -209,11 +209,12 @@ def segment(
 
     Parameters
     ----------
-    image : array-like, str or PathLike
+    image : array-like, str, PathLike or list of them
         (Y, X[, C]) or (Z, Y, X[, C]) numpy, dask or zarr array, or a path to a ``.zarr``
         store (plain array or OME-Zarr), a ``.tif``/``.tiff`` (GeoTIFF/COG through rasterio),
-        a ``.npy``, a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series. Read
-        lazily, never written to.
+        a ``.vrt`` or ``.jp2``, a ``.npy``, a ``.nii``/``.nii.gz`` file or a folder holding
+        one DICOM series; or a list of raster files on one grid, stacked as bands in order
+        (``["B4.TIF", "B3.TIF", "B2.TIF"]``). Read lazily, never written to.
     prompts : str or list of str
         What to segment, e.g. ``"nuclei"`` or ``["nuclei", "membrane"]``.
     options : SegmentOptions, optional
@@ -269,6 +270,7 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     _check_window(opts, backend, source)
     if backend is not None:
         backend.check_channels(source.n_channels)
+        _warn_about_bands(source, backend.name)
     dims = backend.spatial_dims if backend is not None else 2
     roi = _roi_tuple(opts.roi_size, backend.default_roi if backend is not None else 256, dims)
     shape = source.spatial_shape
@@ -295,7 +297,20 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
             )
     attrs = _provenance(source, prompts, opts, model_desc, plan, post)
     store_path = working_store(opts.out) if opts.out is not None else None
-    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path)
+    return RunPlan(
+        source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path
+    )
+
+
+def _warn_about_bands(source: ImageSource, model: str) -> None:
+    """Warn (now, and in the result: warnings while planning are collected) when the three
+    bands a true-colour model gets are known not to be red, green, blue
+    (:mod:`napari_llmseg.io.bands`)."""
+    from .io.bands import true_colour_warning
+
+    note = true_colour_warning(source.metadata, model)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=5)
 
 
 def resolve_model(model: Any, device: str) -> tuple[Any, Callable | None, dict]:
@@ -630,6 +645,7 @@ def _finish(
             sink, opts.out, label_names=job.label_names,
             source_metadata=job.attrs["source_metadata"], probabilities=opts.probabilities,
             vector=opts.vector, simplify=opts.simplify, overwrite=opts.overwrite,
+            source=job.source,
         )  # fmt: skip
     if store is not None:
         store.update_attrs(

@@ -12,6 +12,7 @@ import errno
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,16 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser(
         "segment",
         help="segment an image by text prompts",
-        description="Segment INPUT (.zarr, .tif/.tiff incl. GeoTIFF, .npy, .nii/.nii.gz, or a "
-        "DICOM folder) by text prompts; write labels and probabilities to a zarr store, "
-        "labels to a GeoTIFF or NIfTI file with the input's georeferencing or affine, and "
-        "polygons to a GeoPackage/GeoJSON file.",
+        description="Segment INPUT (.zarr, .tif/.tiff incl. GeoTIFF, .vrt, .jp2, .npy, "
+        ".nii/.nii.gz, or a DICOM folder; or several raster files on one grid, stacked as "
+        "bands in the order given) by text prompts; write labels and probabilities to a zarr "
+        "store, labels to a Cloud-Optimised GeoTIFF or NIfTI file with the input's "
+        "georeferencing or affine, and polygons to a GeoPackage/GeoJSON file.",
         epilog="examples: napari-llmseg segment sample_data/nuclei.tif -p nuclei -o nuclei.zarr | "
         "napari-llmseg segment scene.tif --bands 3,2,1 -p water -o water.tif --vector "
-        "water.gpkg | napari-llmseg segment ct/ -p bone --window bone -o bone.nii.gz",
+        "water.gpkg | napari-llmseg segment LC09_..._SR_B4.TIF LC09_..._SR_B3.TIF "
+        "LC09_..._SR_B2.TIF -p water -o water.tif | napari-llmseg segment ct/ -p bone "
+        "--window bone -o bone.nii.gz",
     )
     seg.add_argument(
-        "input", help="image: .zarr, .tif/.tiff, .npy, .nii/.nii.gz, or a DICOM series folder"
+        "input",
+        nargs="+",
+        help="image: .zarr, .tif/.tiff, .vrt, .jp2, .npy, .nii/.nii.gz, or a DICOM series "
+        "folder; several raster files (one per band, same size, CRS and transform) are "
+        "stacked as the bands of one image",
     )
     seg.add_argument(
         "-p",
@@ -131,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--bands",
         default=None,
-        help="(Geo)TIFF bands by 1-based number or description, e.g. 3,2,1 for an RGB "
-        "composite of Landsat bands 3, 2, 1",
+        help="(Geo)TIFF bands by 1-based number or description, e.g. 3,2,1 for true colour "
+        "on Landsat 5/7 (4,3,2 on Landsat 8/9); with several input files, numbered across "
+        "them",
     )
     seg.add_argument(
         "--window",
@@ -335,9 +344,10 @@ def _segment(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     cancel = threading.Event()
+    image = args.input[0] if len(args.input) == 1 else args.input
     try:
         with _graceful_signals(cancel) as received:
-            result = segment(args.input, args.prompts, options=options, progress=progress,
+            result = segment(image, args.prompts, options=options, progress=progress,
                              cancel=cancel)  # fmt: skip
     except KeyboardInterrupt:
         if bar is not None:
@@ -366,6 +376,18 @@ def _segment(args: argparse.Namespace) -> int:
             f"{result.info.batch_size_used} windows at once"
         )
     return 0
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:  # fmt: skip
+    """Warnings about the run (UserWarning) as one line each on stderr, as they happen (a
+    run on the wrong bands can be stopped at once); others as Python shows them."""
+    if issubclass(category, UserWarning):
+        print(f"napari-llmseg: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _models() -> int:
@@ -436,11 +458,6 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
-                  line: Any = None) -> None:  # fmt: skip
-    print(f"napari-llmseg: warning: {_one_line(message)}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-llmseg`` console script.
 
@@ -450,7 +467,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     traceback of an internal error.
     """
     import os
-    import warnings
 
     from .engine.lock import StoreLockedError, StoreReplacedError
 

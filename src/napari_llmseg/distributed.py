@@ -262,8 +262,9 @@ def _prepare_worker(image: Any, out: str) -> str | None:
     """
     import torch  # noqa: F401
 
-    if isinstance(image, (str, os.PathLike)) and not Path(image).exists():
-        return f"input '{image}' does not exist on this worker"
+    for path in [image] if isinstance(image, (str, os.PathLike)) else list(image or []):
+        if not Path(path).exists():
+            return f"input '{path}' does not exist on this worker"
     if not Path(out).is_dir():
         return f"output store '{out}' is not reachable from this worker"
     if not os.access(out, os.W_OK):
@@ -286,7 +287,8 @@ def run_distributed(
     from .engine.stream import batches_to_run, plane_group
 
     t0 = time.perf_counter()
-    problems = client.run(_prepare_worker, image if isinstance(image, str) else None, spec.out)
+    paths = image if isinstance(image, (str, list)) else None  # a path, or band files
+    problems = client.run(_prepare_worker, paths, spec.out)
     bad = {w: p for w, p in problems.items() if p}
     if bad:
         worker, problem = next(iter(bad.items()))
@@ -380,8 +382,10 @@ def run_on_cluster(
     client, owned = parse_scheduler(run.options.scheduler)
     try:
         source, model = run.source, run.options.model
-        if source.path is not None:
-            image_arg: Any = str(source.path)
+        if source.paths:  # one file, or a stack of band files: every worker opens them
+            image_arg: Any = (
+                str(source.path) if source.path is not None else [str(p) for p in source.paths]
+            )
             axis = run.options.channel_axis
         else:
             image_arg = client.scatter(source.array, broadcast=True)
@@ -402,7 +406,7 @@ def run_on_cluster(
             threshold=run.options.threshold,
             out=str(store.path),
             run_id=f"llmseg-{uuid.uuid4().hex}",
-            bands=run.options.bands if source.path is not None else None,
+            bands=run.options.bands if source.paths else None,
         )
         return (
             yield from run_distributed(client, spec, image_arg, model_arg, done, cancel, source)

@@ -138,15 +138,17 @@ class SegmentOptions:
         Axis of the image that holds channels; without it every axis is spatial.
     bands : sequence of int or str, or str, optional
         Bands of a (Geo)TIFF to segment, by 1-based index or description, e.g. ``"3,2,1"``
-        for a Landsat RGB composite.
+        for true colour on Landsat 5/7 (``"4,3,2"`` on Landsat 8/9); for a list of band
+        files, numbered across the files.
     window : str or (float, float), optional
         CT window replacing the percentile normalisation: a preset (``"bone"``,
         ``"soft-tissue"``, ``"lung"``, ``"brain"``), ``"L,W"`` or ``(level, width)`` in HU.
     out : str or PathLike, optional
         Where to write the result; without it the result is returned in memory. A ``.zarr``
         store (or a path without suffix) receives ``labels`` and ``probabilities`` chunk by
-        chunk. A ``.tif``/``.tiff`` file gets the labels as a tiled, compressed GeoTIFF with
-        the input's CRS and transform (a plain TIFF for inputs without georeferencing); a
+        chunk. A ``.tif``/``.tiff`` file gets the labels as a Cloud-Optimised GeoTIFF with the
+        input's CRS and transform, 255 where the input had no data, and an ``.aux.xml``
+        sidecar naming the classes (a plain TIFF for inputs without georeferencing); a
         ``.nii``/``.nii.gz`` file gets them as NIfTI with the input's affine. Both are written
         from a working store ``out + ".zarr"`` once the run (and any post-processing) is
         complete (see ``docs/formats.md``).

@@ -45,7 +45,8 @@ class SegmentationResult:
         report ``{stem}_report.html``).
     warnings : list of str
         Things the user should know about the result (e.g. a prompt far from anything the
-        model knows).
+        model knows, or bands that are not the true colour the model expects), also issued
+        as ``UserWarning`` when found.
     """
 
     probabilities: Any

@@ -261,14 +261,17 @@ def test_integer_multiband_nodata_and_internal_mask(tmp_path, rng):
 def test_labels_geotiff_has_the_inputs_crs_transform_and_size(tmp_path, landsat_bands):
     out = tmp_path / "water.tif"
     res = segment(LANDSAT, "water", model=ndwi_model, out=out, probabilities=True)
-    assert res.files == [out, tmp_path / "water_probabilities.tif", tmp_path / "water_report.html"]
+    assert res.files == [
+        out, tmp_path / "water.tif.aux.xml", tmp_path / "water_probabilities.tif",
+        tmp_path / "water_report.html",
+    ]  # fmt: skip
     assert res.out == tmp_path / "water.tif.zarr"
     with rasterio.open(LANDSAT) as src, rasterio.open(out) as ds:
         assert ds.crs == src.crs and ds.crs.to_wkt() == src.crs.to_wkt()
         assert ds.transform == src.transform
         assert (ds.width, ds.height, ds.count) == (src.width, src.height, 1)
-        assert ds.dtypes == ("uint8",) and ds.profile["tiled"] and ds.block_shapes == [(256, 256)]
-        assert ds.compression.value == "DEFLATE"
+        assert ds.dtypes == ("uint8",) and ds.profile["tiled"] and ds.block_shapes == [(512, 512)]
+        assert ds.compression.value == "DEFLATE" and ds.nodata == 255
         assert ds.tags()["LABEL_1"] == "water" and ds.descriptions == ("labels",)
         assert ds.colormap(1)[1][:3] == (230, 159, 0)
         labels = ds.read(1)
@@ -316,7 +319,8 @@ def test_file_outputs_are_never_overwritten_silently(tmp_path):
         segment(LANDSAT, "water", model=ndwi_model, out=out, resume=True)
     assert out.stat().st_mtime_ns == stamp
     res = segment(LANDSAT, "water", model=ndwi_model, out=out, overwrite=True)
-    assert res.files == [out, tmp_path / "w_report.html"] and out.stat().st_mtime_ns != stamp
+    assert res.files == [out, tmp_path / "w.tif.aux.xml", tmp_path / "w_report.html"]
+    assert out.stat().st_mtime_ns != stamp
     # resuming a complete run leaves its files alone, and writes a newly asked-for one
     stamp = out.stat().st_mtime_ns
     res = segment(LANDSAT, "water", model=ndwi_model, out=out, resume=True, probabilities=True)

@@ -22,6 +22,22 @@ def test_readers_claim_only_their_files(tmp_path):
     assert get_geotiff_reader([str(LANDSAT), str(LANDSAT)]) is None
     assert get_nifti_reader(str(need(MRI_T1, "mricron-data"))) is not None
     assert get_nifti_reader(str(tmp_path / "missing.nii.gz")) is None
+    from tests.io.test_bands import write_vrt
+
+    vrt = write_vrt(tmp_path / "rgb.vrt", [3, 2, 1])
+    assert get_geotiff_reader(str(vrt)) is not None  # GDAL virtual rasters open through us
+    assert get_geotiff_reader(str(tmp_path / "missing.vrt")) is None
+
+
+def test_a_vrt_opens_as_an_rgb_image(make_napari_viewer, tmp_path):
+    from tests.io.test_bands import write_vrt
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(write_vrt(tmp_path / "rgb.vrt", [3, 2, 1])),
+                           plugin="napari-llmseg")  # fmt: skip
+    assert layer.name == "rgb" and layer.rgb and layer.data.shape == (352, 349, 3)
+    with rasterio.open(LANDSAT) as ds:
+        np.testing.assert_array_equal(np.asarray(layer.data)[..., 0], ds.read(3))
 
 
 def test_geotiff_opens_with_scale_translate_and_crs(make_napari_viewer):
@@ -48,7 +64,10 @@ def test_labels_geotiff_written_by_us_opens_as_labels(make_napari_viewer, tmp_pa
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(tmp_path / "water.tif"), plugin="napari-llmseg")
     assert layer._type_string == "labels"
-    assert list(layer.features["prompt"]) == ["background", "water"]
+    assert list(layer.features["prompt"]) == ["background", "water", "no data"]
+    assert list(layer.features["index"]) == [0, 1, 255]
+    alpha = np.asarray(layer.colormap.map(np.array([0, 1, 255])))[:, 3]
+    assert alpha.tolist() == [0, 1, 0]  # background and no data transparent, water shown
     with rasterio.open(tmp_path / "water.tif") as ds:
         np.testing.assert_array_equal(np.asarray(layer.data), ds.read(1))
     # it lies on top of the scene it came from, as does a zarr result store

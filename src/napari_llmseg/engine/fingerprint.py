@@ -64,8 +64,9 @@ def input_fingerprint(source: ImageSource) -> dict[str, Any]:
         regions = _sample_blocks(source, 12)
     for region in regions:
         h.update(np.ascontiguousarray(source.read(region)).tobytes())
+    paths = [str(p.resolve()) for p in source.paths]
     return {
-        "path": str(source.path.resolve()) if source.path is not None else None,
+        "path": paths[0] if len(paths) == 1 else (paths or None),
         "shape": list(shape),
         "dtype": str(source.dtype),
         "channels": source.n_channels,

@@ -1,9 +1,10 @@
 """Open any supported input lazily as an :class:`~.source.ImageSource`.
 
 Nothing here reads the whole image: numpy files are memory-mapped, TIFF and Zarr are read chunk
-by chunk, GeoTIFF window by window through rasterio (:mod:`.geotiff`), NIfTI and DICOM slice by
-slice (:mod:`.medical`). Which opener handles a path is decided in one place,
-:func:`opener_for`.
+by chunk, GeoTIFF, VRT and JPEG 2000 window by window through rasterio (:mod:`.geotiff`), NIfTI
+and DICOM slice by slice (:mod:`.medical`). Which opener handles a path is decided in one
+place, ``_SUFFIX_KINDS`` and ``_OPENERS``; a list of raster files is one image with a band per
+file (:func:`.geotiff.open_band_stack`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 from .source import ImageSource
 
 #: File types :func:`open_image` understands, by suffix (plus folders of DICOM files).
-SUPPORTED_SUFFIXES = (".zarr", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
+SUPPORTED_SUFFIXES = (".zarr", ".tif", ".tiff", ".vrt", ".jp2", ".npy", ".nii", ".nii.gz")
+#: Kinds of file that can be stacked as bands (read through rasterio).
+RASTER_KINDS = ("tiff", "raster")
 
 
 def open_image(
@@ -32,17 +35,21 @@ def open_image(
 
     Parameters
     ----------
-    image : array-like, str or PathLike
+    image : array-like, str, PathLike or list of them
         A numpy, dask or zarr array (anything with ``shape``, ``dtype`` and slicing), or a
         path to a ``.zarr`` store, a ``.tif``/``.tiff`` file (GeoTIFFs through rasterio), a
-        ``.npy`` file, a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
+        ``.vrt`` (GDAL virtual raster) or ``.jp2`` file (through rasterio), a ``.npy`` file,
+        a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series. A list of raster
+        files on one grid (same size, CRS and transform) is one image whose channels are
+        their bands, in order: ``["B4.TIF", "B3.TIF", "B2.TIF"]`` (Landsat 8/9 true colour).
     channel_axis : int, optional
         Axis holding channels. Without it every axis is spatial; TIFF files whose metadata
         names a channel (``C``) or sample (``S``) axis get it from there.
     bands : sequence of int or str, or str, optional
-        Bands of a (Geo)TIFF to use, in order, by 1-based index as in GDAL and rasterio or by
-        band description: ``[3, 2, 1]``, ``"3,2,1"`` or ``["red", "green", "blue"]``. Reads
-        the file through rasterio (the ``geo`` extra).
+        Bands of a (Geo)TIFF, VRT or JPEG 2000 file (or of a list of them, numbered across the
+        files) to use, in order, by 1-based index as in GDAL and rasterio or by band
+        description: ``[3, 2, 1]``, ``"3,2,1"`` or ``["red", "green", "blue"]``. Reads the
+        file through rasterio (the ``geo`` extra).
 
     Returns
     -------
@@ -54,6 +61,12 @@ def open_image(
         return image
     if isinstance(image, (str, os.PathLike)):
         return _open_path(Path(image), channel_axis, bands)
+    if isinstance(image, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in image):
+        if not image:
+            raise ValueError("image is an empty list; give a path, an array, or band files")
+        if len(image) == 1:
+            return _open_path(Path(image[0]), channel_axis, bands)
+        return _open_stack([Path(p) for p in image], channel_axis, bands)
     if bands is not None:
         raise ValueError(
             f"bands= selects bands of a TIFF/GeoTIFF file; for a {type(image).__name__}, "
@@ -61,8 +74,9 @@ def open_image(
         )
     if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
         raise TypeError(
-            "image must be an array (numpy, dask, zarr) or a path to a .zarr, .tif/.tiff, .npy "
-            f"or .nii/.nii.gz file or a DICOM folder, got {type(image).__name__}"
+            "image must be an array (numpy, dask, zarr), a path to a .zarr, .tif/.tiff, .vrt, "
+            ".jp2, .npy or .nii/.nii.gz file or a DICOM folder, or a list of band files, got "
+            f"{type(image).__name__}"
         )
     _check_dtype(image.dtype, type(image).__name__)
     _note_channel_guess(tuple(image.shape), channel_axis, f"the {type(image).__name__}")
@@ -95,7 +109,8 @@ def _check_dtype(dtype: Any, what: str) -> None:
 
 
 def path_kind(path: Path) -> str:
-    """``"zarr"``, ``"tiff"``, ``"npy"``, ``"nifti"`` or ``"dicom"`` for an existing path.
+    """``"zarr"``, ``"tiff"``, ``"raster"`` (VRT, JPEG 2000), ``"npy"``, ``"nifti"`` or
+    ``"dicom"`` for an existing path.
 
     A path inside a ``.zarr`` store (``store.zarr/name``) is zarr; any other folder is a DICOM
     series.
@@ -123,12 +138,33 @@ def _open_path(path: Path, channel_axis: int | None, bands: Any = None) -> Image
     if not path.exists():
         raise FileNotFoundError(f"input path does not exist: '{path}'")
     kind = path_kind(path)
-    if bands is not None and kind != "tiff":
+    if bands is not None and kind not in RASTER_KINDS:
         raise ValueError(
             f"bands= selects bands of a TIFF/GeoTIFF file, '{path}' is not one; select "
             "channels with channel_axis= and an array instead"
         )
     return _OPENERS[kind](path, channel_axis, bands)
+
+
+def _open_stack(paths: list[Path], channel_axis: int | None, bands: Any) -> ImageSource:
+    """Raster files on one grid as the bands of one image (through rasterio)."""
+    from ._optional import require
+
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"input path does not exist: '{p}'")
+        if p.is_dir() or path_kind(p) not in RASTER_KINDS:
+            raise ValueError(
+                f"only raster files (.tif/.tiff, .vrt, .jp2) can be stacked as bands, got '{p}'"
+            )
+    if channel_axis is not None:
+        raise ValueError(
+            f"channel_axis= does not apply to a stack of band files, got {channel_axis}"
+        )
+    require("rasterio", "geo", f"stacking {len(paths)} band files")
+    from .geotiff import open_band_stack
+
+    return open_band_stack(paths, bands=bands)
 
 
 def _no_channel_axis(path: Path, channel_axis: int | None, what: str) -> None:
@@ -157,6 +193,17 @@ def _open_tiff_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSo
     return _array_source(path, array, channel_axis, metadata)
 
 
+def _open_raster_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
+    _no_channel_axis(path, channel_axis, "a raster read through rasterio, whose bands are the "
+                     "channels")  # fmt: skip
+    from ._optional import require
+
+    require("rasterio", "geo", f"reading '{path}'")
+    from .geotiff import open_geotiff
+
+    return open_geotiff(path, bands=bands)
+
+
 def _open_npy_path(path: Path, channel_axis: int | None, bands: Any) -> ImageSource:
     array = _open_npy(path)
     _note_channel_guess(tuple(array.shape), channel_axis, f"'{path}'")
@@ -183,6 +230,8 @@ _SUFFIX_KINDS = {
     ".zarr": "zarr",
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".vrt": "raster",
+    ".jp2": "raster",
     ".npy": "npy",
     ".nii": "nifti",
     ".nii.gz": "nifti",
@@ -193,6 +242,7 @@ _SUFFIX_KINDS = {
 _OPENERS = {
     "zarr": _open_zarr_path,
     "tiff": _open_tiff_path,
+    "raster": _open_raster_path,
     "npy": _open_npy_path,
     "nifti": _open_medical,
     "dicom": _open_medical,

@@ -90,7 +90,7 @@ class ImageSource:
     name : str
         Short description for messages and metadata (a path or the array type).
     path : Path or None
-        File the image was read from, if any.
+        File the image was read from, if any (None for a stack of several files).
     metadata : dict
         Physical metadata found with the image (``scale``, ``units``, ``axes``...); for a
         GeoTIFF also ``crs_wkt``, ``transform``, ``nodata``, ``band_indexes``, for NIfTI and
@@ -99,6 +99,9 @@ class ImageSource:
         Per channel, the value that marks a pixel without data (NaN allowed), or None.
     mask : array-like, optional
         Lazy boolean array of the spatial shape, True where a pixel carries data.
+    paths : tuple of Path
+        Every file the image is read from (``(path,)`` for one file, several for a stack of
+        band files); outputs must not overlap any of them.
     """
 
     array: Any
@@ -108,8 +111,12 @@ class ImageSource:
     metadata: dict = field(default_factory=dict)
     nodata: tuple[float | None, ...] | None = None
     mask: Any = None
+    paths: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
+        self.paths = tuple(Path(p) for p in self.paths)
+        if not self.paths and self.path is not None:
+            self.paths = (Path(self.path),)
         shape = tuple(int(s) for s in self.array.shape)
         ndim = len(shape)
         if self.channel_axis is not None:
@@ -204,7 +211,7 @@ class ImageSource:
     def backing_paths(self) -> list[Path]:
         """Files or stores the image is read from: its path, the store behind a zarr array,
         the file behind a memory-mapped array. Outputs must stay clear of all of them."""
-        paths = [self.path] if self.path is not None else []
+        paths = list(self.paths) or ([self.path] if self.path is not None else [])
         array = self.array
         store = getattr(array, "store", None)
         root = getattr(store, "root", None)
@@ -250,3 +257,49 @@ class ImageSource:
         if bad is not None and not bad.any():
             return None
         return bad
+
+    def no_data(self, region: tuple[slice, ...]) -> np.ndarray | None:
+        """Pixels of ``region`` that the engine labels background because they carry no data:
+        :meth:`invalid` ones, and (for float images) those with a non-finite value in any
+        channel, as the engine sees them in float32. None when every pixel carries data.
+
+        Reads the region again (only the mask, when that is all that can mark a pixel).
+        """
+        if not self.may_be_invalid:
+            return None
+        has_nodata = self.nodata is not None and any(v is not None for v in self.nodata)
+        if self.dtype.kind != "f" and not has_nodata:
+            outside = ~np.asarray(self.mask[region], dtype=bool)
+            return outside if outside.any() else None
+        data = self.read(region)
+        bad = self.invalid(region, data)
+        if self.dtype.kind == "f":
+            nonfinite = np.asarray(~np.isfinite(data.astype(np.float32, copy=False)).all(axis=-1))
+            bad = nonfinite if bad is None else bad | nonfinite
+        if bad is not None and not bad.any():
+            return None
+        return bad
+
+
+class NoDataMask(LazyArray):
+    """Lazy ``(*spatial)`` bool array of an :class:`ImageSource`: True where the engine
+    found no data (:meth:`ImageSource.no_data`); what writers mark as nodata."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+        self.shape = source.spatial_shape
+        self.dtype = np.dtype(bool)
+        self.chunks = source.chunks or self.shape
+
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
+        region = tuple(
+            slice(int(k) % n, int(k) % n + 1) if isinstance(k, (int, np.integer)) else k
+            for k, n in zip(key, self.shape, strict=True)
+        )
+        spans = [range(*k.indices(n)) for k, n in zip(region, self.shape, strict=True)]
+        if any(r.step != 1 for r in spans):
+            raise IndexError(f"NoDataMask reads contiguous regions, got {key!r}")
+        bad = self.source.no_data(tuple(slice(r.start, r.stop) for r in spans))
+        out = np.zeros(tuple(len(r) for r in spans), bool) if bad is None else bad
+        drop = tuple(0 if isinstance(k, (int, np.integer)) else slice(None) for k in key)
+        return out[drop]

@@ -10,8 +10,13 @@ The engine always writes into a zarr store, chunk by chunk, because that is what
 resumable with bounded memory. For a TIFF or NIfTI output the store is a working store next
 to the requested file, and the file is written from it when the run is complete::
 
-    out.tif                     labels: (Geo)TIFF, same CRS, transform and size as the input
-    out_probabilities.tif       with probabilities=True: float32, one band per prompt
+    out.tif                     labels: a Cloud-Optimised GeoTIFF with the input's CRS,
+                                transform and size (0 background, i prompt i, 255 no input
+                                data: the nodata value); a plain tiled TIFF for inputs
+                                without georeferencing
+    out.tif.aux.xml             GDAL category names and raster attribute table of out.tif
+    out_probabilities.tif       with probabilities=True: float32 COG, one band per prompt,
+                                NaN (nodata) where the input had no data
     out.tif.zarr/               working store (labels, probabilities, run record); --resume
                                 completes it, and it can be deleted once the run is complete
 
@@ -33,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from ._files import check_file_target, remove_stale_temporaries
-from .labels import label_color
+from .labels import BACKGROUND, NO_DATA, label_color, label_nodata
+from .source import ImageSource, NoDataMask
 
 #: Output kinds by suffix; a path without a suffix is a zarr store.
 OUTPUT_SUFFIXES = {
@@ -87,10 +93,17 @@ def probabilities_path(out: str | Path) -> Path:
 
 
 def final_files(out: Path, *, probabilities: bool) -> list[Path]:
-    """The files an output writes besides its working store (none for a zarr store)."""
-    if output_kind(out) == "zarr":
+    """The files an output may write besides its working store (none for a zarr store): for a
+    TIFF, also GDAL's ``.aux.xml`` sidecars (a stale one would describe the new file)."""
+    kind = output_kind(out)
+    if kind == "zarr":
         return []
-    return [out, probabilities_path(out)] if probabilities else [out]
+    files = [out, probabilities_path(out)] if probabilities else [out]
+    if kind == "tiff":
+        from .geotiff import pam_path
+
+        files += [pam_path(f) for f in files]
+    return files
 
 
 def check_targets(
@@ -103,9 +116,9 @@ def check_targets(
     resume_existing: bool,
     spatial_shape: tuple[int, ...],
 ) -> None:
-    """Refuse final files that overlap the input or exist (unless overwriting or resuming),
-    a probabilities file the user did not name and this package did not write, and vector
-    output for an image that is not 2D.
+    """Refuse final files that overlap the input (any of its files) or exist (unless
+    overwriting or resuming), a probabilities file the user did not name and this package did
+    not write, and vector output for an image that is not 2D.
 
     ``resume_existing``: the run resumes an existing working store, so existing final files
     were written from it and are left as they are.
@@ -150,14 +163,23 @@ def export(
     vector: Path | None = None,
     simplify: float | None = None,
     overwrite: bool = False,
+    source: ImageSource | None = None,
 ) -> list[Path]:
     """Write the final files of a complete run from its working ``store`` (anything with
     ``labels`` and ``probabilities`` arrays): the labels (and probabilities) file of a TIFF or
     NIfTI ``out``, and the ``vector`` polygons.
 
-    Files that exist are left alone unless ``overwrite`` (a resumed run whose files were
-    already written). Returns the files written.
+    ``source`` is the image the run read: GeoTIFF outputs mark the pixels where it had no data
+    (:meth:`ImageSource.no_data`, read again block by block) with their nodata value. Files
+    that exist are left alone unless ``overwrite`` (a resumed run whose files were already
+    written). Returns the files written.
     """
+    invalid = None
+    if (
+        source is not None and source.may_be_invalid and out is not None
+        and writes_geotiff(out, source.spatial_shape, source_metadata)
+    ):  # fmt: skip
+        invalid = NoDataMask(source)
     jobs: list[tuple[Path, Any, str]] = []
     if out is not None and output_kind(out) != "zarr":
         jobs.append((out, store.labels, "labels"))
@@ -170,10 +192,16 @@ def export(
             continue
         if what == "labels":
             write_labels(path, data, label_names=label_names, geometry=source_metadata,
-                         overwrite=True)  # fmt: skip
+                         overwrite=True, invalid=invalid)  # fmt: skip
         else:
-            _PROBABILITY_WRITERS[output_kind(path)](path, data, label_names, source_metadata)
+            _PROBABILITY_WRITERS[output_kind(path)](
+                path, data, label_names, source_metadata, invalid
+            )
         written.append(path)
+        if what == "labels" and writes_geotiff(path, data.shape, source_metadata):
+            from .geotiff import pam_path
+
+            written.append(pam_path(path))
     if vector is not None and (overwrite or not vector.exists()):
         from .vector import write_vector
 
@@ -193,14 +221,16 @@ def write_labels(
     geometry: Mapping[str, Any] | None = None,
     name: str = "labels",
     overwrite: bool = False,
+    invalid: Any = None,
 ) -> Path:
     """Write a label array (numpy, dask or zarr; read block by block) to ``path``, by suffix.
 
     Parameters
     ----------
     path : str or Path
-        ``.zarr`` (an OME-Zarr store with ``labels/{name}``), ``.tif``/``.tiff`` (a GeoTIFF
-        with the CRS and transform in ``geometry``, else a plain tiled TIFF) or
+        ``.zarr`` (an OME-Zarr store with ``labels/{name}``), ``.tif``/``.tiff`` (a
+        Cloud-Optimised GeoTIFF with the CRS and transform in ``geometry`` and an
+        ``.aux.xml`` sidecar naming the classes, else a plain tiled TIFF) or
         ``.nii``/``.nii.gz`` (NIfTI with ``geometry["affine"]``).
     labels : (Y, X) or (Z, Y, X) integer array-like
     label_names : mapping of int to str
@@ -213,16 +243,44 @@ def write_labels(
         Name of the labels inside an OME-Zarr store.
     overwrite : bool
         Replace an existing file (for ``.zarr``: a store).
+    invalid : (Y, X) bool array-like, optional
+        True where the input had no data (e.g. ``io.source.NoDataMask(source)``), for a
+        GeoTIFF: those pixels get the nodata value, the largest of the label type (255 for
+        uint8), distinct from background 0. Other formats have no nodata and refuse it.
+
+    Raises
+    ------
+    ValueError
+        For ``invalid`` with an output that is not a GeoTIFF, or labels that use the
+        nodata value.
     """
     path = Path(path)
+    geometry = dict(geometry or {})
+    if invalid is not None and not writes_geotiff(path, labels.shape, geometry):
+        raise ValueError(
+            f"invalid= marks pixels without input data in a GeoTIFF's nodata value; '{path}' "
+            "is not a 2D GeoTIFF output (it needs a .tif/.tiff name and a transform in "
+            "geometry)"
+        )
     return _LABEL_WRITERS[output_kind(path)](
-        path, labels, label_names, dict(geometry or {}), name, overwrite
+        path, labels, label_names, geometry, name, overwrite, invalid
+    )
+
+
+def writes_geotiff(path: Path, spatial_shape: Sequence[int], geometry: Mapping[str, Any]) -> bool:
+    """Whether data of ``spatial_shape`` written to ``path`` becomes a GeoTIFF: a .tif/.tiff
+    name, a transform in ``geometry``, two spatial axes."""
+    return (
+        output_kind(path) == "tiff"
+        and geometry.get("transform") is not None
+        and len(spatial_shape) == 2
     )
 
 
 def _zarr_labels(
-    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool
-) -> Path:
+    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool,
+    invalid: Any,
+) -> Path:  # fmt: skip
     from .ome import write_labels_store
 
     return write_labels_store(
@@ -232,31 +290,46 @@ def _zarr_labels(
 
 
 def _tiff_labels(
-    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool
-) -> Path:
+    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool,
+    invalid: Any,
+) -> Path:  # fmt: skip
     check_file_target(path, overwrite=overwrite)
     ndim = len(data.shape)
-    if meta.get("transform") is not None and ndim == 2:
-        from .geotiff import label_tags, write_geotiff
+    if not writes_geotiff(path, data.shape, meta):
+        return _plain_tiff(path, data, "ZYX"[3 - ndim :], overwrite)
+    from .geotiff import label_tags, write_geotiff
 
-        return write_geotiff(
-            path,
-            data,
-            crs_wkt=meta.get("crs_wkt"),
-            transform=meta["transform"],
-            descriptions=["labels"],
-            tags=label_tags(names),
-            colormap={0: (0, 0, 0, 0), **{int(i): label_color(int(i)) for i in names}},
-            overwrite=True,
+    nodata = label_nodata(data.dtype, names)
+    if nodata is None and invalid is not None:
+        raise ValueError(
+            f"cannot mark pixels without data in '{path}': its labels ({np.dtype(data.dtype)}) "
+            f"use every value up to {max(names)}, the no-data value {np.iinfo(data.dtype).max} "
+            "included; write a wider label type"
         )
-    return write_tiff(path, data, axes="ZYX"[3 - ndim :])
+    classes = {0: (BACKGROUND, (0, 0, 0, 0))}
+    classes.update({int(i): (str(n), label_color(int(i))) for i, n in names.items()})
+    if nodata is not None:
+        classes[nodata] = (NO_DATA, (0, 0, 0, 0))
+    return write_geotiff(
+        path,
+        data,
+        crs_wkt=meta.get("crs_wkt"),
+        transform=meta["transform"],
+        descriptions=["labels"],
+        tags=label_tags(names, {"background": 0, "nodata": nodata}),
+        classes=classes,
+        nodata=nodata,
+        invalid=invalid,
+        overview_resampling="mode",
+        overwrite=overwrite,
+    )
 
 
 def _tiff_probabilities(
-    path: Path, data: Any, names: Mapping[int, str], meta: Mapping[str, Any]
+    path: Path, data: Any, names: Mapping[int, str], meta: Mapping[str, Any], invalid: Any
 ) -> None:
     ndim = len(data.shape) - 1
-    if meta.get("transform") is not None and ndim == 2:
+    if writes_geotiff(path, data.shape[1:], meta):
         from .geotiff import label_tags, write_geotiff
 
         write_geotiff(
@@ -266,10 +339,24 @@ def _tiff_probabilities(
             transform=meta["transform"],
             descriptions=[names[i] for i in sorted(names)],
             tags=label_tags(names, {"content": "probabilities"}),
+            nodata=float("nan"),
+            invalid=invalid,
+            overview_resampling="average",
             overwrite=True,
         )
         return
-    write_tiff(path, data, axes="C" + "ZYX"[3 - ndim :])
+    _plain_tiff(path, data, "C" + "ZYX"[3 - ndim :], True)
+
+
+def _plain_tiff(path: Path, data: Any, axes: str, overwrite: bool) -> Path:
+    """A TIFF without georeferencing; a GDAL sidecar left by an earlier file of that name
+    (which would describe this one) is removed, with ``overwrite``."""
+    from .geotiff import pam_path
+
+    check_file_target(pam_path(path), overwrite=overwrite)
+    write_tiff(path, data, axes=axes)
+    pam_path(path).unlink(missing_ok=True)
+    return path
 
 
 def write_tiff(path: Path, data: Any, *, axes: str, tile: int = 256) -> Path:
@@ -347,8 +434,9 @@ def _nifti_affine(path: Path, ndim: int, meta: Mapping[str, Any]) -> tuple[Any, 
 
 
 def _nifti_labels(
-    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool
-) -> Path:
+    path: Path, data: Any, names: Mapping[int, str], meta: dict, name: str, overwrite: bool,
+    invalid: Any,
+) -> Path:  # fmt: skip
     from .medical import label_description, write_nifti
 
     affine, template = _nifti_affine(path, len(data.shape), meta)
@@ -359,7 +447,7 @@ def _nifti_labels(
 
 
 def _nifti_probabilities(
-    path: Path, data: Any, names: Mapping[int, str], meta: Mapping[str, Any]
+    path: Path, data: Any, names: Mapping[int, str], meta: Mapping[str, Any], invalid: Any
 ) -> None:
     from .medical import write_nifti
 
@@ -371,7 +459,9 @@ def _nifti_probabilities(
     )  # fmt: skip
 
 
-#: Output kind -> writer of a label array ``(path, data, names, geometry, name, overwrite)``.
+#: Output kind -> writer of a label array ``(path, data, names, geometry, name, overwrite,
+#: invalid)``; ``invalid`` (pixels without input data) only ever reaches GeoTIFF outputs.
 _LABEL_WRITERS = {"zarr": _zarr_labels, "tiff": _tiff_labels, "nifti": _nifti_labels}
-#: Output kind -> writer of a (P, *spatial) probability array, beside a labels file.
+#: Output kind -> writer of a (P, *spatial) probability array, beside a labels file
+#: ``(path, data, names, geometry, invalid)``.
 _PROBABILITY_WRITERS = {"tiff": _tiff_probabilities, "nifti": _nifti_probabilities}

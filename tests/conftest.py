@@ -65,3 +65,19 @@ def write_zarr(path: Path, array: np.ndarray, chunks: tuple[int, ...]):
     z = zarr.create_array(path, shape=array.shape, chunks=chunks, dtype=array.dtype)
     z[...] = array
     return z
+
+
+def result_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a result store (all pyramid levels of labels, probabilities and
+    instances), by path, read whole; the resume bookkeeping left out."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    return {
+        name: np.asarray(array[...])
+        for name, array in group.arrays()
+    } | {
+        f"labels/{label}/{name}": np.asarray(array[...])
+        for label, sub in group["labels"].groups()
+        for name, array in sub.arrays()
+    }

@@ -39,12 +39,12 @@ def test_segment_writes_store_and_prints_summary(small_npy, tmp_path, capsys):
     assert lines[:2] == [f"wrote {out}", f"wrote {tmp_path / 'out_report.html'}"]
     assert lines[2].startswith("nuclei: ") and lines[3].startswith("giraffe: ")
     group = zarr.open_group(out, mode="r")
-    labels = np.asarray(group["labels"][...])
+    labels = np.asarray(group["labels/segmentation/0"][...])
     n_nuclei = int((labels == 1).sum())
     assert lines[2].startswith(
         f"nuclei: {n_nuclei:,} voxels ({100 * n_nuclei / labels.size:.2f} % of the volume), "
     )
-    assert group["probabilities"].shape == (2, 4, 256, 256)
+    assert group["0"].shape == (2, 4, 256, 256)
     attrs = group.attrs["napari_llmseg"]
     assert attrs["prompts"] == ["nuclei", "giraffe"] and attrs["roi_size"] == [128, 128]
     assert attrs["label_names"] == {"1": "nuclei", "2": "giraffe"}

@@ -21,7 +21,7 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.strip().splitlines()
-    assert lines[:5] == [
+    assert lines[:6] == [
         f"wrote {out}",
         f"wrote {out}.aux.xml",  # class names and attribute table, for GDAL and QGIS
         f"wrote {tmp_path / 'w_probabilities.tif'}",
@@ -34,11 +34,11 @@ def test_landsat_rgb_composite_to_geotiff_probabilities_and_polygons(tmp_path, c
         n = int((ds.read(1) == 1).sum())
         pixel = abs(ds.transform.a * ds.transform.e)
     area = n * pixel
-    assert lines[5].startswith(
+    assert lines[6].startswith(
         f"water: {n:,} pixels ({100 * n / (352 * 349):.2f} % of the image) = "
         f"{format_size(area, 'm^2')}, "
     )
-    assert " ha (" in lines[5] and " km^2)" in lines[5]  # areas in hectares and km^2
+    assert " ha (" in lines[6] and " km^2)" in lines[6]  # areas in hectares and km^2
     meta = pyogrio.read_info(vec)
     assert meta["crs"] == "EPSG:31985" and list(meta["fields"]) == ["label", "value", "area"]
     assert "segmenting" not in captured.err  # --quiet

@@ -28,7 +28,7 @@ from napari_llmseg import segment
 from napari_llmseg.backends.tiny import WEIGHTS_DIR
 from napari_llmseg.cli import main
 from napari_llmseg.engine.lock import LOCK_NAME, StoreLockedError, StoreReplacedError
-from tests.conftest import ROOT, smooth_model, write_zarr
+from tests.conftest import ROOT, result_arrays, smooth_model, write_zarr
 
 KW = dict(model=smooth_model, roi_size=64, overlap=0.25, batch_size=4, chunks=64)
 
@@ -198,7 +198,7 @@ def test_resume_after_the_model_weights_changed_is_refused(tmp_path):
 def test_a_zarr_array_input_is_never_deleted_by_its_own_output(volume, tmp_path):
     out = tmp_path / "o.zarr"
     segment(volume, "a", out=out, **KW)
-    probs = zarr.open_array(out / "probabilities", mode="r")
+    probs = zarr.open_array(out / "0", mode="r")
     before = digest(out)
     with pytest.raises(ValueError, match=r"output '.*o.zarr' overlaps the input"):
         segment(probs, ["a", "b"], out=out, overwrite=True, **{**KW, "channel_axis": 0})
@@ -282,21 +282,21 @@ def test_deleted_and_corrupted_chunks_are_recomputed_on_resume(volume, tmp_path)
     full = segment(volume, ["a", "b"], out=tmp_path / "full.zarr", **KW)
     out = tmp_path / "o.zarr"
     segment(volume, ["a", "b"], out=out, **KW)
-    chunk_files = sorted((out / "labels" / "c").rglob("*"))
+    chunk_files = sorted((out / "labels" / "segmentation" / "0" / "c").rglob("*"))
     chunk_files = [f for f in chunk_files if f.is_file()]
     chunk_files[0].unlink()  # deleted by hand
     chunk_files[3].write_bytes(b"garbage")  # corrupted
-    prob_files = [f for f in sorted((out / "probabilities" / "c").rglob("*")) if f.is_file()]
+    prob_files = [f for f in sorted((out / "0" / "c").rglob("*")) if f.is_file()]
     data = bytearray(prob_files[5].read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     prob_files[5].write_bytes(bytes(data))
     again = segment(volume, ["a", "b"], out=out, resume=True, **KW)
     assert again.complete and again.info.windows > 0
     assert any("were missing, damaged or changed" in w for w in again.warnings)
-    for name in ("labels", "probabilities"):
-        a = np.asarray(zarr.open_array(tmp_path / "full.zarr" / name)[...])
-        b = np.asarray(zarr.open_array(out / name)[...])
-        assert np.array_equal(a, b), name
+    expected, found = result_arrays(tmp_path / "full.zarr"), result_arrays(out)
+    assert sorted(expected) == sorted(found)
+    for name, a in expected.items():
+        assert np.array_equal(a, found[name]), name
     assert full.complete
 
 
@@ -304,7 +304,7 @@ def test_a_store_missing_its_labels_metadata_is_refused_as_damaged(volume, tmp_p
     out = tmp_path / "o.zarr"
     cancel, stop = _cancel_after(8)
     segment(volume, "a", out=out, cancel=cancel, progress=stop, **KW)
-    (out / "labels" / "zarr.json").unlink()
+    (out / "labels" / "segmentation" / "0" / "zarr.json").unlink()
     with pytest.raises(ValueError, match=r"the store is damaged"):
         segment(volume, "a", out=out, resume=True, **KW)
 
@@ -403,13 +403,14 @@ def test_signals_cancel_cleanly_and_the_run_resumes(volume, tmp_path, sig):
     attrs = zarr.open_group(out).attrs["napari_llmseg"]
     assert attrs["status"] == "cancelled"
     assert not (out / LOCK_NAME).exists()
-    done = np.asarray(zarr.open_array(out / "_chunks_done")[...])
+    done = np.asarray(zarr.open_array(out / "napari_llmseg" / "chunks_done")[...])
     assert 0 < done.sum() < done.size
 
 
 def _some_chunks_done(out: Path) -> bool:
     try:
-        return bool(np.asarray(zarr.open_array(out / "_chunks_done", mode="r")[...]).any())
+        marks = zarr.open_array(out / "napari_llmseg" / "chunks_done", mode="r")
+        return bool(np.asarray(marks[...]).any())
     except Exception:  # not created yet
         return False
 
@@ -480,7 +481,7 @@ def _stale_store(d: Path, src: Path, what: str) -> Path:
     cancel, stop = _cancel_after(8)
     segment(src, "a", out=out, cancel=cancel, progress=stop, **KW)
     if what == "nolabels":
-        (out / "labels" / "zarr.json").unlink()
+        (out / "labels" / "segmentation" / "0" / "zarr.json").unlink()
     return out
 
 

@@ -198,28 +198,44 @@ def _multiscale_layer(image: Any) -> LayerData:
 
 
 def _result_store_layers(node: Any, layout: Any, name: str) -> list[LayerData]:
-    import dask.array as da
-
     where: dict[str, Any] = {
         "scale": layout.scale, "translate": layout.translate, "units": layout.units,
     }  # fmt: skip
-    layers = [
-        labels_layer(
-            node[layout.labels],
+    layers = []
+    for i, prompt in sorted(layout.label_names.items()):
+        if layout.probabilities is not None:
+            layers.append(_store_probability_layer(layout, i, prompt, visible=False, **where))
+    layers.append(
+        _pyramid_labels(
+            layout.labels,
             name=f"{name} labels",
             label_names=layout.label_names,
             metadata={"napari_llmseg": layout.attrs},
             **where,
         )
-    ]
-    if layout.probabilities is not None:
-        probs = node[layout.probabilities]
-        lazy = da.from_array(probs, chunks=probs.chunks)
-        for i in sorted(layout.label_names):
-            layers.append(
-                probability_layer(lazy[i - 1], layout.label_names[i], visible=False, **where)
-            )
+    )
+    if layout.instances is not None:
+        layers.append(_pyramid_labels(layout.instances, name=f"{name} instances", **where))
     return layers
+
+
+def _pyramid_labels(levels: list[Any], **kwargs: Any) -> LayerData:
+    """A Labels layer over a stored pyramid: multiscale when it has several levels."""
+    if len(levels) > 1:
+        return labels_layer(levels, multiscale=True, **kwargs)
+    return labels_layer(levels[0], **kwargs)
+
+
+def _store_probability_layer(layout: Any, index: int, prompt: str, **kwargs: Any) -> LayerData:
+    """One prompt's stored probabilities (every pyramid level), shown 0..1 whatever the
+    storage (uint8 ``round(p * 255)``: contrast 0..255)."""
+    import dask.array as da
+
+    levels = [da.from_array(a, chunks=a.chunks)[index - 1] for a in layout.probabilities]
+    data: Any = levels if len(levels) > 1 else levels[0]
+    layer = probability_layer(data, prompt, multiscale=len(levels) > 1, **kwargs)
+    layer[1]["contrast_limits"] = (0.0, 1.0 / layout.probability_scale)
+    return layer
 
 
 def geotiff_layers(path: str | Path) -> list[LayerData]:
@@ -302,23 +318,41 @@ def result_layers(
         "store": str(result.out) if result.out else None,
     }
     layers: list[LayerData] = []
-    if "probabilities" in outputs:
+    layout = _layout_of(result.out)
+    if "probabilities" in outputs and result.probabilities is not None:
         for i, prompt in result.label_names.items():
-            layers.append(probability_layer(_plane(result.probabilities, i - 1), prompt, **where))
+            if layout is not None and layout.probabilities is not None:
+                layers.append(_store_probability_layer(layout, i, prompt, **where))
+            else:
+                probs = _plane(result.probabilities, i - 1)
+                layers.append(probability_layer(probs, prompt, **where))
     if uncertainty is not None:
         layers.append(uncertainty_layer(uncertainty, f"{name} uncertainty", **where))
+    kwargs: dict[str, Any] = {"metadata": metadata, **where}
     if "labels" in outputs or not outputs:
-        labels = labels_layer(
-            result.labels, name=f"{name} labels", label_names=result.label_names,
-            metadata=metadata, **where,
-        )  # fmt: skip
-        layers.append(labels)
+        levels = layout.labels if layout is not None else [result.labels]
+        kwargs["label_names"] = result.label_names
+        layers.append(_pyramid_labels(levels, name=f"{name} labels", **kwargs))
+        del kwargs["label_names"]
     if result.instances is not None:
         classes = result.instance_classes or {}
-        features = {"index": [0, *classes], "prompt": ["background", *classes.values()]}
-        layers.append(labels_layer(result.instances, name=f"{name} instances",
-                                   metadata=metadata, features=features, **where))  # fmt: skip
+        kwargs["features"] = {"index": [0, *classes], "prompt": ["background", *classes.values()]}
+        levels = (
+            layout.instances if layout is not None and layout.instances else [result.instances]
+        )
+        layers.append(_pyramid_labels(levels, name=f"{name} instances", **kwargs))
     return layers
+
+
+def _layout_of(store: Any) -> Any:
+    """The layout of a result store, or None (an in-memory result)."""
+    if store is None:
+        return None
+    import zarr
+
+    from .engine.store import result_layout
+
+    return result_layout(zarr.open_group(store, mode="r"))
 
 
 def _plane(probabilities: Any, index: int) -> Any:

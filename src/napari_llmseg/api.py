@@ -135,6 +135,9 @@ def _run(
         found = yield from _objects(job, sink, store, stitcher, cancel)
         complete = found is not None
         objects = found or objects
+    if complete and store is not None:
+        store.update_attrs(status="pyramid")
+        complete = (yield from relay(store.build_pyramid(), "", cancel)) is not None
     if lock is not None:
         lock.verify()  # never report another run's result as this one's
     files = _finish(job, sink, store, complete, info)
@@ -297,9 +300,7 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
             )
     attrs = _provenance(source, prompts, opts, model_desc, plan, post)
     store_path = working_store(opts.out) if opts.out is not None else None
-    return RunPlan(
-        source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path
-    )
+    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path)
 
 
 def _warn_about_bands(source: ImageSource, model: str) -> None:
@@ -457,7 +458,7 @@ def _check_output(job: RunPlan) -> str:
             job.store_path, input_paths=inputs, overwrite=opts.overwrite, resume=opts.resume
         )
     check_targets(
-        opts.out, vector=opts.vector, probabilities=opts.probabilities, input_paths=inputs,
+        opts.out, vector=opts.vector, probabilities=opts.probability_file, input_paths=inputs,
         overwrite=opts.overwrite, resume_existing=action == "resume",
         spatial_shape=job.plan.shape,
     )  # fmt: skip
@@ -484,6 +485,8 @@ def _open_store(
     assert job.store_path is not None
     store, stored = OutputStore.open_for_resume(job.store_path, job.attrs)
     done, rejected = store.verified_done(job.plan)
+    if not done.all():
+        store.clear_pyramid()  # full-resolution chunks are about to be written again
     if rejected:
         notes.append(
             f"{rejected} finished chunk(s) of '{job.store_path}' were missing, damaged or "
@@ -499,6 +502,8 @@ def _create_store(job: RunPlan, *, replace: bool) -> OutputStore:
     assert job.store_path is not None
     return OutputStore.create(
         job.store_path,
+        probabilities=job.options.stored_probabilities,
+        raw_labels=job.post.active,
         shape=job.plan.shape,
         n_outputs=len(job.prompts),
         chunks=job.plan.chunks,
@@ -574,17 +579,23 @@ def _objects(
         store.update_attrs(status="postprocessing")
     array = (lambda name: store.uint32_array(name)) if store is not None else (
         lambda name: np.zeros(shape, np.uint32))  # fmt: skip
-    instances = array("instances")
+    # objects kept (instances=True) get the store's image-label; otherwise a scratch array
+    instances = array("instances" if opts.instances else "objects_scratch")
     if stitcher is not None:
         found = yield from _merge_window_instances(stitcher, instances, job.post.min_size, cancel)
     else:
+        if store is not None and job.post.active:
+            store.clear_pyramid()  # the labels are about to change
         semantic = semantic_source(
             sink.probabilities, sink.labels, threshold=opts.threshold, post=job.post,
             n_lead=job.plan.n_lead,
+            raw_labels=store.engine_labels if store is not None else None,
         )  # fmt: skip
         common: dict[str, Any] = {
             "instances": instances,
-            "labels_out": sink.labels if job.post.active else None,
+            "labels_out": (store.final_labels() if store is not None else sink.labels)
+            if job.post.active
+            else None,
             "min_size": job.post.min_size,
             "scratch": array(SCRATCH_ARRAYS[0]),
         }
@@ -598,15 +609,13 @@ def _objects(
         return None
     classes = {i: job.prompts[c - 1] for i, c in found.classes.items()}
     if store is not None:
-        store.drop(*SCRATCH_ARRAYS)
+        store.drop(*SCRATCH_ARRAYS, "objects_scratch")
         store.update_attrs(
             objects={"count": found.n_objects, "removed": found.removed},
             instance_classes={str(i): p for i, p in classes.items()},
         )
     job.attrs["objects"] = {"count": found.n_objects, "removed": found.removed}
     if not opts.instances:  # objects were only needed to clean up the labels
-        if store is not None:
-            store.drop("instances")
         return None, None
     return instances, classes
 
@@ -643,7 +652,7 @@ def _finish(
             store.update_attrs(status="exporting")
         files = export(
             sink, opts.out, label_names=job.label_names,
-            source_metadata=job.attrs["source_metadata"], probabilities=opts.probabilities,
+            source_metadata=job.attrs["source_metadata"], probabilities=opts.probability_file,
             vector=opts.vector, simplify=opts.simplify, overwrite=opts.overwrite,
             source=job.source,
         )  # fmt: skip

@@ -151,8 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--probabilities",
-        action="store_true",
-        help="with a .tif/.nii output, also write OUT_probabilities.tif/.nii.gz",
+        nargs="?",
+        const="float32",
+        default=None,
+        choices=("none", "uint8", "float16", "float32"),
+        help="how the .zarr store keeps probabilities: uint8 (the default: round(p * 255)), "
+        "float16, float32, or none (labels only); given with a .tif/.nii output, also write "
+        "OUT_probabilities.tif/.nii.gz (--probabilities alone: float32)",
     )
     seg.add_argument(
         "--vector",

@@ -98,6 +98,21 @@ def check_scheduler(scheduler: Any) -> None:
     )
 
 
+def _probabilities(value: Any) -> str | None:
+    from .engine.store import PROBABILITY_KINDS
+
+    if value is True:
+        return "float32"
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str) or value not in PROBABILITY_KINDS:
+        raise ValueError(
+            f"probabilities must be one of {', '.join(PROBABILITY_KINDS)} (or True for float32), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def _path(name: str, value: Any) -> Path | None:
     if value is None:
         return None
@@ -179,9 +194,12 @@ class SegmentOptions:
         single-threaded worker processes), a scheduler address (``"tcp://host:8786"``) or a
         ``Client``. Needs ``out=`` on storage every worker can reach. The result is
         bit-identical to a single-process run with the same torch thread count.
-    probabilities : bool
-        With a TIFF or NIfTI ``out=``, also write the probabilities to
-        ``{stem}_probabilities{suffix}`` (one band or volume per prompt).
+    probabilities : {None, "none", "uint8", "float16", "float32"} or bool
+        How a result store keeps the probabilities: quantised to uint8 (``round(p * 255)``,
+        the default: a quarter of float32's size), float16, float32, or not at all
+        (``"none"``: the store then holds labels only). Given explicitly with a TIFF or NIfTI
+        ``out=``, they are also written to ``{stem}_probabilities{suffix}`` (one band or
+        volume per prompt, float32). ``True`` is ``"float32"``; ``False`` the default.
     vector : str or PathLike, optional
         Also write polygons of the labels (2D inputs) to a ``.gpkg`` or ``.geojson`` file, in
         the input's CRS, with fields label, value and area.
@@ -212,7 +230,7 @@ class SegmentOptions:
     fill_holes: bool = False
     smooth: int = 0
     scheduler: Any = None
-    probabilities: bool = False
+    probabilities: str | bool | None = None
     vector: Path | None = None
     simplify: float | None = None
     report: bool = True
@@ -255,7 +273,8 @@ class SegmentOptions:
         if self.out is not None:
             output_kind(self.out)  # an unsupported suffix fails before any work
         put("vector", _path("vector", self.vector))
-        flags = ("resume", "overwrite", "instances", "split", "fill_holes", "probabilities",
+        put("probabilities", _probabilities(self.probabilities))
+        flags = ("resume", "overwrite", "instances", "split", "fill_holes",
                  "report")  # fmt: skip
         for flag in flags:
             put(flag, bool(getattr(self, flag)))
@@ -275,6 +294,18 @@ class SegmentOptions:
             if self.vector is None:
                 raise ValueError("simplify= applies to vector output; add vector='out.gpkg'")
             put("simplify", _number("simplify", self.simplify, 0.0, math.inf, hi_open=True))
+
+    @property
+    def stored_probabilities(self) -> str:
+        """How the result store keeps probabilities ("none", "uint8", "float16", "float32")."""
+        from .engine.store import DEFAULT_PROBABILITIES
+
+        return str(self.probabilities or DEFAULT_PROBABILITIES)
+
+    @property
+    def probability_file(self) -> bool:
+        """Whether a TIFF or NIfTI output gets a probabilities file beside it."""
+        return self.probabilities not in (None, "none")
 
     @classmethod
     def build(cls, options: SegmentOptions | None = None, **changes: Any) -> SegmentOptions:

@@ -64,7 +64,7 @@ def test_segment_with_a_foundation_model_folder(
     assert code == 0, captured.err
     assert captured.out.splitlines()[0] == f"wrote {out}"
     group = zarr.open_group(out, mode="r")
-    assert group["probabilities"].shape == (2, 160, 150)
+    assert group["0"].shape == (2, 160, 150)
     attrs = group.attrs["napari_llmseg"]
     assert attrs["model"]["name"] == kind and attrs["status"] == "complete"
     assert attrs["batch_size_used"] == 4

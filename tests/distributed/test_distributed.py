@@ -15,7 +15,7 @@ import torch
 import zarr
 
 from napari_llmseg import segment
-from tests.conftest import ROOT, paced_model, smooth_model, write_zarr
+from tests.conftest import ROOT, paced_model, result_arrays, smooth_model, write_zarr
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +53,14 @@ def single_thread_reference(src, out, model, prompts=("a", "b"), **kw):
 
 
 def same_store(a, b):
-    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
-    for name in ("labels", "probabilities"):
-        x, y = np.asarray(ga[name][...]), np.asarray(gb[name][...])
-        assert np.array_equal(x, y), name
-    assert np.asarray(gb["_chunks_done"][...]).all()
+    gb = zarr.open_group(b, mode="r")
+    xs, ys = result_arrays(a), result_arrays(b)
+    assert sorted(xs) == sorted(ys) and "labels/segmentation/0" in xs and "0" in xs
+    for name, x in xs.items():
+        y = ys[name]
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), f"{name} differs"  # bit-identical, not just close
+    assert np.asarray(gb["napari_llmseg/chunks_done"][...]).all()
 
 
 def test_identical_to_single_process(client, volume, tmp_path):
@@ -97,13 +100,13 @@ def test_cancel_stops_and_resume_completes(client, volume, tmp_path):
 
     def progress(done: int, total: int) -> None:
         # cancel part way, once at least one task has finished its chunks
-        if done >= 20 and np.asarray(zarr.open_group(out)["_chunks_done"][...]).any():
+        if done >= 20 and np.asarray(zarr.open_group(out)["napari_llmseg/chunks_done"][...]).any():
             cancel.set()
 
     part = segment(volume, ["a", "b"], model=paced_model, out=out, scheduler=client, cancel=cancel,
                    progress=progress, **KW)  # fmt: skip
     assert not part.complete
-    done = np.asarray(zarr.open_group(out)["_chunks_done"][...])
+    done = np.asarray(zarr.open_group(out)["napari_llmseg/chunks_done"][...])
     assert done.any() and not done.all()
     rest = segment(volume, ["a", "b"], model=paced_model, out=out, scheduler=client, resume=True,
                    **KW)  # fmt: skip
@@ -162,15 +165,16 @@ def test_killed_client_run_resumes(client, volume, tmp_path):
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            if (out / "_chunks_done" / "zarr.json").exists():
-                done = int(np.asarray(zarr.open_array(out / "_chunks_done", mode="r")[...]).sum())
+            if (out / "napari_llmseg" / "chunks_done" / "zarr.json").exists():
+                marks = zarr.open_array(out / "napari_llmseg" / "chunks_done", mode="r")
+                done = int(np.asarray(marks[...]).sum())
                 if done >= 3:
                     break
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the client and its local cluster, at once
         proc.wait()
-    total = int(np.prod(zarr.open_array(out / "_chunks_done", mode="r").shape))
+    total = int(np.prod(zarr.open_array(out / "napari_llmseg" / "chunks_done", mode="r").shape))
     assert 0 < done < total
     resumed = segment(volume, ["a", "b"], model=paced_model, out=out, resume=True,
                       scheduler=client, **KW)  # fmt: skip

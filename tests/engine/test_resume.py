@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from napari_llmseg import segment
-from tests.conftest import ROOT, paced_model, smooth_model, write_zarr
+from tests.conftest import ROOT, paced_model, result_arrays, smooth_model, write_zarr
 
 KW = dict(model=smooth_model, roi_size=64, overlap=0.25, batch_size=4, chunks=64)
 
@@ -28,12 +28,14 @@ def _volume(path: Path) -> Path:
 
 
 def _assert_identical(a: Path, b: Path) -> None:
-    ga, gb = zarr.open_group(a, mode="r"), zarr.open_group(b, mode="r")
-    for name in ("labels", "probabilities"):
-        x, y = np.asarray(ga[name][...]), np.asarray(gb[name][...])
+    gb = zarr.open_group(b, mode="r")
+    xs, ys = result_arrays(a), result_arrays(b)
+    assert sorted(xs) == sorted(ys) and "labels/segmentation/0" in xs and "0" in xs
+    for name, x in xs.items():
+        y = ys[name]
         assert x.dtype == y.dtype and x.shape == y.shape
         assert np.array_equal(x, y), f"{name} differs"  # bit-identical, not just close
-    assert np.asarray(gb["_chunks_done"][...]).all()
+    assert np.asarray(gb["napari_llmseg/chunks_done"][...]).all()
 
 
 def test_resume_after_cancel_is_bit_identical(tmp_path):
@@ -87,8 +89,9 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if (out / "_chunks_done" / "zarr.json").exists():
-                arr = np.asarray(zarr.open_array(out / "_chunks_done", mode="r")[...])
+            if (out / "napari_llmseg" / "chunks_done" / "zarr.json").exists():
+                marks = zarr.open_array(out / "napari_llmseg" / "chunks_done", mode="r")
+                arr = np.asarray(marks[...])
                 done, total = int(arr.sum()), arr.size
                 if done >= total // 4:
                     break
@@ -145,12 +148,12 @@ def test_existing_output_needs_overwrite(tmp_path):
     src = _volume(tmp_path / "in.zarr")
     out = tmp_path / "o.zarr"
     segment(src, "a", out=out, **KW)
-    before = np.asarray(zarr.open_group(out)["probabilities"][...])
+    before = np.asarray(zarr.open_group(out)["0"][...])
     with pytest.raises(
         FileExistsError, match=r"output '.*o\.zarr' already exists; pass overwrite=True"
     ):
         segment(src, "b", out=out, **KW)
-    assert np.array_equal(before, np.asarray(zarr.open_group(out)["probabilities"][...]))
+    assert np.array_equal(before, np.asarray(zarr.open_group(out)["0"][...]))
     replaced = segment(src, "b", out=out, overwrite=True, **KW)
     assert replaced.prompts == ["b"]
     assert zarr.open_group(out).attrs["napari_llmseg"]["prompts"] == ["b"]
@@ -192,11 +195,12 @@ def test_default_output_chunks_are_512_pixel_tiles(tmp_path, rng):
     vol = rng.normal(size=(2, 600, 300)).astype(np.float32)
     segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "d.zarr")
     group = zarr.open_group(tmp_path / "d.zarr", mode="r")
-    assert group["labels"].chunks == (1, 512, 300)
-    assert group["probabilities"].chunks == (1, 1, 512, 300)
-    assert group["labels"].compressors[0].level == 1
+    assert group["labels/segmentation/0"].chunks == (1, 512, 300)
+    assert group["0"].chunks == (1, 1, 512, 300)
+    assert group["labels/segmentation/0"].compressors[0].level == 1
     segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "c.zarr", chunks=128)
-    assert zarr.open_group(tmp_path / "c.zarr", mode="r")["labels"].chunks == (1, 128, 128)
+    group = zarr.open_group(tmp_path / "c.zarr", mode="r")
+    assert group["labels/segmentation/0"].chunks == (1, 128, 128)
 
 
 @pytest.mark.parametrize(
@@ -209,6 +213,6 @@ def test_done_marker_chunks_hold_one_entry_of_the_first_grid_axis(
     axis per marker chunk, no two tasks read-modify-write the same marker chunk."""
     vol = rng.normal(size=shape).astype(np.float32)
     segment(vol, "x", model=smooth_model, roi_size=64, out=tmp_path / "d.zarr", chunks=256)
-    done = zarr.open_group(tmp_path / "d.zarr", mode="r")["_chunks_done"]
+    done = zarr.open_group(tmp_path / "d.zarr", mode="r")["napari_llmseg/chunks_done"]
     assert done.chunks == grid_chunks
     assert np.asarray(done[...]).all()

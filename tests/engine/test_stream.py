@@ -61,7 +61,7 @@ def test_cancel_returns_within_one_batch(rng, tmp_path):
     assert result.info.total > 8
     store = zarr.open_group(tmp_path / "o.zarr", mode="r")
     assert store.attrs["napari_llmseg"]["status"] == "cancelled"
-    done = np.asarray(store["_chunks_done"][...])
+    done = np.asarray(store["napari_llmseg/chunks_done"][...])
     assert 0 < done.sum() < done.size
 
 
@@ -75,7 +75,7 @@ def test_chunks_are_written_while_the_run_goes_on(rng, tmp_path, monkeypatch):
     def progress(done, total):
         if 0 < done < total:
             written_during_run.append(
-                int(np.asarray(zarr.open_group(out, mode="r")["_chunks_done"][...]).sum())
+                int(np.asarray(zarr.open_array(out / "napari_llmseg/chunks_done")[...]).sum())
             )
 
     image = rng.normal(size=(6, 64, 64)).astype(np.float32)

@@ -92,7 +92,7 @@ def test_a_stack_segments_exactly_like_the_same_bands_of_one_file(
     files = [l7_files[3], l7_files[2], l7_files[1]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # true colour: no warning
-        res = segment(files, "water", out=tmp_path / "w.tif")
+        res = segment(files, "water", out=tmp_path / "w.tif", probabilities="float32")
     assert res.warnings == []
     np.testing.assert_array_equal(np.asarray(res.labels), true_colour_result.labels)
     np.testing.assert_array_equal(np.asarray(res.probabilities), true_colour_result.probabilities)

@@ -219,8 +219,8 @@ def test_segment_writes_a_cog_of_the_landsat_tile(tmp_path):
     for path in (tmp_path / "w.tif", tmp_path / "w_probabilities.tif"):
         valid, report = validate_cog(path)
         assert valid, report
-    assert res.files == [tmp_path / "w.tif", tmp_path / "w.tif.aux.xml",
-                         tmp_path / "w_probabilities.tif"]  # fmt: skip
+    names = ["w.tif", "w.tif.aux.xml", "w_probabilities.tif", "w_report.html"]
+    assert res.files == [tmp_path / n for n in names]
     assert gdalinfo_json(tmp_path / "w.tif")["bands"][0]["categories"] == ["background", "water"]
 
 

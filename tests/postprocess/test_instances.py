@@ -77,7 +77,8 @@ def test_3d_objects_span_planes_and_chunks(tmp_path):
     for i in np.unique(inst)[1:]:
         assert len(np.unique(np.nonzero(inst == i)[0])) >= 12
     store = zarr.open_group(tmp_path / "o.zarr", mode="r")
-    assert store["instances"].dtype == np.uint32 and store["instances"].chunks == (1, 64, 64)
+    ids = store["labels/instances/0"]
+    assert ids.dtype == np.uint32 and ids.chunks == (1, 64, 64)
     attrs = store.attrs["napari_llmseg"]
     assert attrs["objects"] == {"count": 4, "removed": 0}
     assert attrs["instance_classes"] == {str(i): "bright" for i in range(1, 5)}

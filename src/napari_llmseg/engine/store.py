@@ -1,23 +1,32 @@
-"""The zarr output store: labels, probabilities, and which chunks are complete and intact.
+"""The result store: an OME-Zarr (NGFF 0.5) with the labels, the probabilities, and which
+chunks are complete and intact.
 
 Layout of a store written by :func:`napari_llmseg.segment` with ``out=``::
 
     out.zarr/
-      zarr.json          group attributes under "napari_llmseg": prompts, label names, model,
-                         parameters, input description, fingerprints of the input and the
-                         model, intensity statistics, status, version; "source_metadata" keeps
-                         the input's geometry (GeoTIFF: crs_wkt and transform; NIfTI/DICOM:
-                         affine and spacing)
-      labels/            (*spatial) uint8/uint16, 0 = background, i = prompts[i - 1]
-      probabilities/     (P, *spatial) float32
-      _chunks_done/      one uint8 per output chunk; 1 once that chunk's labels and
-                         probabilities are written (markers are written in groups, at
-                         most engine.stream.DONE_FLUSH_SECONDS after the data)
-      _chunks_crc/       one uint32 per output chunk: CRC-32 of its decoded labels and
-                         probabilities, written with its done-marker
-      instances/         (*spatial) uint32 object ids, with instances=True (ids 1..N in raster
-                         order of each object's first voxel); attributes list each id's prompt
+      zarr.json          "ome": the root image's multiscales (NGFF 0.5); "napari_llmseg":
+                         prompts, label names, model, parameters, input description,
+                         fingerprints of the input and the model, intensity statistics,
+                         status, version, layout; "source_metadata" keeps the input's
+                         geometry (GeoTIFF: crs_wkt and transform; NIfTI/DICOM: affine)
+      0/ 1/ 2/ ...       the root image, a pyramid: probabilities (c = prompt, *spatial) as
+                         kept (uint8 = round(p * 255) by default, float16, float32), or with
+                         probabilities="none" the class map (a copy of the labels)
+      labels/            "ome": {"labels": ["segmentation"(, "instances")]}
+        segmentation/    image-label pyramid 0/ 1/ ...: 0 = background, i = prompts[i - 1];
+                         colours and each value's prompt in "image-label"
+        instances/       with instances=True: object ids (uint32), an image-label pyramid
+      napari_llmseg/     bookkeeping: chunks_done (one uint8 per output chunk; 1 once its
+                         data is written; markers are written in groups, at most
+                         engine.stream.DONE_FLUSH_SECONDS after the data), chunks_crc (CRC-32
+                         of each chunk's labels and stored probabilities, written with its
+                         marker), pyramid_done_K (one flag per chunk of level K),
+                         raw_labels (the engine's labels, when post-processing rewrites them)
       .napari-llmseg.lock   while a run writes (engine/lock.py)
+
+Pyramid levels halve Y and X down to about 256 px (Z where the spacing allows,
+:mod:`napari_llmseg.io.pyramid`), each chunk built from the level below once the full
+resolution is final, and marked, so that a killed run resumes the pyramid where it stopped.
 
 Zarr's local store writes every chunk file atomically (write to a temporary file, then
 rename), and a chunk is marked done only after its data is written, so a run killed at any
@@ -34,9 +43,10 @@ never the run's own input.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,18 +54,41 @@ from typing import Any
 import numpy as np
 
 from ..io.labels import names_from_json
-from ..io.ome import ATTR_KEY
+from ..io.ome import (
+    ATTR_KEY,
+    NGFF_VERSION,
+    create_pyramid_arrays,
+    image_label_metadata,
+    multiscales_metadata,
+)
+from ..io.pyramid import Level, plan_levels, reduce_chunk
+from ..io.source import LazyArray
 from .fingerprint import chunk_checksum, describe_change
 from .lock import LOCK_NAME
 
-DONE_ARRAY = "_chunks_done"
-CRC_ARRAY = "_chunks_crc"
-SCRATCH_ARRAYS = ("_instances_scratch", "_instances_seeds")
-#: Everything a store of ours may hold; overwrite refuses a store that holds anything else.
-OWNED = frozenset(
-    {"zarr.json", "labels", "probabilities", DONE_ARRAY, CRC_ARRAY, "instances", LOCK_NAME,
-     "report.html", *SCRATCH_ARRAYS}
-)  # fmt: skip
+#: The package's own group in the store: resume bookkeeping and scratch arrays.
+NS = ATTR_KEY
+LABELS = "labels"
+SEGMENTATION = "segmentation"
+INSTANCES = "instances"
+DONE_ARRAY = "chunks_done"
+CRC_ARRAY = "chunks_crc"
+PYRAMID_DONE = "pyramid_done_"
+SCRATCH_ARRAYS = ("instances_scratch", "instances_seeds")
+#: How probabilities are kept: not at all, quantised to uint8 (p * 255), float16, float32.
+PROBABILITY_KINDS = ("none", "uint8", "float16", "float32")
+#: The default: a quarter of float32's size, which keeps the engine's writer from slowing a
+#: light model down (benchmarks/engine.py, docs/benchmarks.md).
+DEFAULT_PROBABILITIES = "uint8"
+UINT8_SCALE = 255
+#: Top-level entries of a store of ours besides its pyramid levels ("0", "1"...);
+#: overwrite refuses a store that holds anything else.
+OWNED = frozenset({"zarr.json", LABELS, NS, LOCK_NAME})
+
+
+def _owned(name: str) -> bool:
+    return name in OWNED or name.isdigit()
+
 
 #: Parameters that must match for a run to resume into an existing store.
 RESUME_KEYS = (
@@ -94,7 +127,7 @@ def _is_our_store(path: Path) -> bool:
 
 def strangers(path: Path) -> list[str]:
     """Entries of a store folder that this package does not write there."""
-    return sorted(p.name for p in path.iterdir() if p.name not in OWNED)
+    return sorted(p.name for p in path.iterdir() if not _owned(p.name))
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -164,24 +197,89 @@ def check_output_path(
 def _clear_owned(out: Path) -> None:
     """Delete what a previous run of ours wrote in ``out`` (not the lock, nothing else)."""
     for p in out.iterdir():
-        if p.name in OWNED and p.name != LOCK_NAME:
+        if _owned(p.name) and p.name != LOCK_NAME:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+def probability_dtype(kind: str) -> np.dtype | None:
+    """Storage dtype of probabilities: None, uint8 (quantised: p * 255, rounded), float16 or
+    float32."""
+    if kind not in PROBABILITY_KINDS:
+        raise ValueError(
+            f"probabilities must be one of {', '.join(PROBABILITY_KINDS)}, got {kind!r}"
+        )
+    return None if kind == "none" else np.dtype(kind)
+
+
+def quantise(prob: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Probabilities (float32, 0..1) as stored: uint8 ``round(p * 255)``, or a float type."""
+    if dtype == np.uint8:
+        return np.rint(prob * UINT8_SCALE).astype(np.uint8)
+    return prob.astype(dtype, copy=False)
+
+
+class ProbabilityView(LazyArray):
+    """The stored probabilities read back as float32 in [0, 1] (uint8 divided by 255)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(np.float32)
+        self.chunks = tuple(int(c) for c in array.chunks)
+
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
+        data = np.asarray(self.array[key])
+        if data.dtype == np.uint8:
+            return data.astype(np.float32) / np.float32(UINT8_SCALE)
+        return data.astype(np.float32, copy=False)
+
+
+class _Tee:
+    """Writes go to every array, reads come from the first (final labels, and the class-map
+    image that stands in for probabilities when none are kept)."""
+
+    def __init__(self, *arrays: Any) -> None:
+        self.arrays = arrays
+        self.shape, self.dtype, self.chunks = arrays[0].shape, arrays[0].dtype, arrays[0].chunks
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.arrays[0][key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        for a in self.arrays:
+            a[key] = value
+
+
 class OutputStore:
-    """Writes finished chunks, their checksums and done-markers into a zarr v3 group."""
+    """An OME-Zarr result store: writes finished chunks, their checksums and done-markers,
+    then the pyramid levels. See the module docstring for the layout."""
 
     def __init__(self, group: Any) -> None:
         self.group = group
-        self.labels = group["labels"]
-        self.probabilities = group["probabilities"]
-        self.done = group[DONE_ARRAY]
-        self.crc = group[CRC_ARRAY] if CRC_ARRAY in group else None
+        meta = dict(group.attrs[ATTR_KEY])
+        layout = meta.get("layout") or {}
+        self.kind = str(layout.get("probabilities", "float32"))
+        self.n_levels = int(layout.get("levels", 1))
+        self.image_levels = [group[str(k)] for k in range(self.n_levels)]
+        seg = group[f"{LABELS}/{SEGMENTATION}"]
+        self.label_levels = [seg[str(k)] for k in range(self.n_levels)]
+        self.labels = self.label_levels[0]
+        self.kept = self.kind != "none"
+        self._dtype = probability_dtype(self.kind) if self.kept else None
+        self.probabilities = ProbabilityView(self.image_levels[0]) if self.kept else None
+        ns = group[NS]
+        self.engine_labels = ns["raw_labels"] if "raw_labels" in ns else self.labels
+        self.done = ns[DONE_ARRAY]
+        self.crc = ns[CRC_ARRAY]
         self._pending_crc: dict[tuple[int, ...], int] = {}
 
     @property
     def path(self) -> Path:
         return Path(str(self.group.store.root))
+
+    @property
+    def levels(self) -> list[Level]:
+        return _levels_of(self.group)
 
     @classmethod
     def create(
@@ -196,45 +294,85 @@ class OutputStore:
         label_dtype: np.dtype,
         attrs: dict,
         replace: bool = False,
+        probabilities: str = DEFAULT_PROBABILITIES,
+        raw_labels: bool = False,
     ) -> OutputStore:
         """Create the store (replacing what a previous run of ours left, with ``replace``);
-        if creating fails half way, nothing is left behind but the folder and its lock."""
+        if creating fails half way, nothing is left behind but the folder and its lock.
+
+        ``probabilities``: how they are kept (see :data:`PROBABILITY_KINDS`). ``raw_labels``:
+        keep the engine's labels apart from the final ones (post-processing reads the former
+        and writes the latter, so it gives the same result however often it runs).
+        """
         import zarr
         from zarr.codecs import ZstdCodec
 
+        dtype = probability_dtype(probabilities)
         if replace:
             _clear_owned(out)
+        source = attrs.get("source_metadata") or {}
+        geometry: dict[str, Any] = {k: source.get(k) for k in ("scale", "translate", "units")}
+        levels = plan_levels(shape, chunks, geometry["scale"])
+        names = {int(k): str(v) for k, v in attrs["label_names"].items()}
         try:
-            group = zarr.open_group(out, mode="a", zarr_format=3)
+            root = zarr.open_group(out, mode="a", zarr_format=3)
             # zstd level 1 instead of zarr's default level: on llmseg-tiny's probabilities it
             # compresses as well (1.40x) at twice the speed, and labels compress better
             compressors = ZstdCodec(level=1)
-            names = _dim_names(len(shape))
-            group.create_array(
-                "labels", shape=shape, chunks=chunks, dtype=label_dtype, fill_value=0,
-                compressors=compressors, dimension_names=names,
-            )  # fmt: skip
-            group.create_array(
-                "probabilities", shape=(n_outputs, *shape), chunks=(1, *chunks),
-                dtype=np.float32, fill_value=0.0, compressors=compressors,
-                dimension_names=("prompt", *names),
-            )  # fmt: skip
+            if dtype is not None:  # the root image: probabilities, one channel per prompt
+                create_pyramid_arrays(root, levels, dtype=dtype, lead=(n_outputs,),
+                                      compressors=compressors)  # fmt: skip
+            else:  # no probabilities kept: the root image is the class map (the labels)
+                create_pyramid_arrays(root, levels, dtype=label_dtype, compressors=compressors)
+            labels_group = root.create_group(LABELS)
+            seg = labels_group.create_group(SEGMENTATION)
+            create_pyramid_arrays(seg, levels, dtype=label_dtype, compressors=compressors)
+            ns = root.create_group(NS)
+            if raw_labels:
+                ns.create_array(
+                    "raw_labels", shape=shape, chunks=levels[0].chunks, dtype=label_dtype,
+                    fill_value=0, compressors=compressors, dimension_names=_dim_names(len(shape)),
+                )  # fmt: skip
             # One marker chunk never spans two entries of the first grid axis, along which
             # distributed tasks split the work: no two tasks update the same marker chunk.
             marker_chunks = tuple(
                 1 if i == 0 or i < n_lead else min(g, 64) for i, g in enumerate(grid)
             )
-            group.create_array(
-                DONE_ARRAY, shape=grid, chunks=marker_chunks, dtype=np.uint8, fill_value=0
-            )
-            group.create_array(
-                CRC_ARRAY, shape=grid, chunks=marker_chunks, dtype=np.uint32, fill_value=0
-            )
-            group.attrs[ATTR_KEY] = {**attrs, "status": "running"}
+            for name, mdtype in ((DONE_ARRAY, np.uint8), (CRC_ARRAY, np.uint32)):
+                ns.create_array(name, shape=grid, chunks=marker_chunks, dtype=mdtype,
+                                fill_value=0)  # fmt: skip
+            for k, level in enumerate(levels[1:], start=1):
+                ns.create_array(f"{PYRAMID_DONE}{k}", shape=level.grid, dtype=np.uint8,
+                                fill_value=0)  # fmt: skip
+            layout = {
+                "probabilities": probabilities,
+                "probability_scale": 1 / UINT8_SCALE if probabilities == "uint8" else 1.0,
+                "image": "probabilities" if dtype is not None else "classes",
+                "levels": len(levels),
+                "level_shapes": [list(lv.shape) for lv in levels],
+                "level_factors": [list(lv.factor) for lv in levels],
+                "level_steps": [list(lv.step) for lv in levels],
+                "level_chunks": [list(lv.chunks) for lv in levels],
+            }
+            image_name = "probabilities" if dtype is not None else "classes"
+            root.attrs["ome"] = {
+                "version": NGFF_VERSION,
+                "multiscales": [
+                    multiscales_metadata(image_name, levels, channel=dtype is not None, **geometry)
+                ],
+            }
+            labels_group.attrs["ome"] = {"version": NGFF_VERSION, "labels": [SEGMENTATION]}
+            seg_meta: dict[str, Any] = {
+                "version": NGFF_VERSION,
+                "multiscales": [multiscales_metadata(SEGMENTATION, levels, **geometry)],
+                "image-label": image_label_metadata(names),
+            }
+            seg.attrs["ome"] = seg_meta
+            root.attrs[ATTR_KEY] = {**attrs, "status": "running", "layout": layout}
         except BaseException:
             _clear_owned(out)
             raise
-        return cls(group)
+        return cls(root)
 
     @classmethod
     def open_for_resume(cls, out: Path, attrs: dict) -> tuple[OutputStore, dict]:
@@ -252,12 +390,17 @@ class OutputStore:
 
         group = zarr.open_group(out, mode="r+")
         stored: dict[str, Any] = dict(group.attrs[ATTR_KEY])  # type: ignore[arg-type]
-        missing = [n for n in ("labels", "probabilities", DONE_ARRAY, CRC_ARRAY) if n not in group]
-        if missing or "stats" not in stored:
-            what = ", ".join(missing) if missing else "the intensity statistics"
+        try:
+            store = cls(group)
+        except Exception as err:  # an array, or its metadata, is missing or unreadable
             raise StoreDamagedError(
-                f"cannot resume into '{out}': the store is damaged ({what} missing); start "
-                "again with overwrite=True (--overwrite)"
+                f"cannot resume into '{out}': the store is damaged ({type(err).__name__}: "
+                f"{err}); start again with overwrite=True (--overwrite)"
+            ) from err
+        if "stats" not in stored:
+            raise StoreDamagedError(
+                f"cannot resume into '{out}': the store is damaged (the intensity statistics "
+                "are missing); start again with overwrite=True (--overwrite)"
             )
         for key in RESUME_KEYS:
             if _jsonish(stored.get(key)) != _jsonish(attrs.get(key)):
@@ -279,29 +422,60 @@ class OutputStore:
                     f"cannot resume into '{out}': {change}; resume with the same {what}, or "
                     "overwrite=True (--overwrite) to start again"
                 )
-        try:
-            return cls(group), stored
-        except Exception as err:  # an array's metadata is unreadable
-            raise StoreDamagedError(
-                f"cannot resume into '{out}': the store is damaged ({err}); start again with "
-                "overwrite=True (--overwrite)"
-            ) from err
+        return store, stored
 
+    # --- arrays besides the labels and probabilities ---------------------------------------
     def uint32_array(self, name: str) -> Any:
-        """A uint32 array shaped and chunked like ``labels`` (``instances`` or a scratch array),
+        """A uint32 array shaped and chunked like ``labels``: ``"instances"`` (an image-label
+        pyramid of object ids, ``labels/instances``) or a scratch array (in ``napari_llmseg/``),
         created on first use."""
-        if name in self.group:
-            return self.group[name]
-        return self.group.create_array(
-            name, shape=self.labels.shape, chunks=self.labels.chunks, dtype=np.uint32,
-            fill_value=0, dimension_names=_dim_names(len(self.labels.shape)),
-        )  # fmt: skip
+        from zarr.codecs import ZstdCodec
+
+        if name != INSTANCES:
+            ns = self.group[NS]
+            if name in ns:
+                return ns[name]
+            return ns.create_array(
+                name, shape=self.labels.shape, chunks=self.labels.chunks, dtype=np.uint32,
+                fill_value=0, dimension_names=_dim_names(len(self.labels.shape)),
+            )  # fmt: skip
+        labels_group = self.group[LABELS]
+        if INSTANCES not in labels_group:
+            levels = self.levels
+            group = labels_group.create_group(INSTANCES)
+            create_pyramid_arrays(group, levels, dtype=np.uint32,
+                                  compressors=ZstdCodec(level=1))  # fmt: skip
+            geometry = self._geometry()
+            group.attrs["ome"] = {
+                "version": NGFF_VERSION,
+                "multiscales": [multiscales_metadata(INSTANCES, levels, **geometry)],
+                "image-label": {"version": NGFF_VERSION},
+            }
+            labels_group.attrs["ome"] = {
+                "version": NGFF_VERSION, "labels": [SEGMENTATION, INSTANCES],
+            }  # fmt: skip
+        return labels_group[f"{INSTANCES}/0"]
 
     def drop(self, *names: str) -> None:
         for name in names:
-            if name in self.group:
-                del self.group[name]
+            if name == INSTANCES:
+                labels_group = self.group[LABELS]
+                if INSTANCES in labels_group:
+                    del labels_group[INSTANCES]
+                labels_group.attrs["ome"] = {"version": NGFF_VERSION, "labels": [SEGMENTATION]}
+            elif name in self.group[NS]:
+                del self.group[NS][name]
 
+    def final_labels(self) -> Any:
+        """Where post-processing writes the final labels (and, when no probabilities are
+        kept, the class-map image that mirrors them)."""
+        return self.labels if self.kept else _Tee(self.labels, self.image_levels[0])
+
+    def _geometry(self) -> dict:
+        source = self.attrs.get("source_metadata") or {}
+        return {k: source.get(k) for k in ("scale", "translate", "units")}
+
+    # --- the engine's sink -----------------------------------------------------------------
     def done_grid(self) -> np.ndarray:
         return np.asarray(self.done[...], dtype=bool)
 
@@ -312,9 +486,16 @@ class OutputStore:
         prob: np.ndarray,
         labels: np.ndarray,
     ) -> None:
-        self.probabilities[(slice(None), *region)] = prob
-        self.labels[region] = labels
-        self._pending_crc[chunk] = chunk_checksum(labels, prob)
+        if self._dtype is not None:
+            stored = quantise(prob, self._dtype)
+            self.image_levels[0][(slice(None), *region)] = stored
+            self._pending_crc[chunk] = chunk_checksum(labels, stored)
+        else:
+            self.image_levels[0][region] = labels
+            self._pending_crc[chunk] = chunk_checksum(labels)
+        self.engine_labels[region] = labels
+        if self.engine_labels is not self.labels:
+            self.labels[region] = labels  # final labels until post-processing replaces them
 
     def mark_done(self, chunks: list[tuple[int, ...]]) -> None:
         """Record the chunks' checksums, then mark them done; the engine calls this only
@@ -323,17 +504,16 @@ class OutputStore:
         if not chunks:
             return
         index = tuple(np.asarray(chunks).T)
-        if self.crc is not None:
-            self.crc.vindex[index] = np.asarray(
-                [self._pending_crc.pop(c) for c in chunks], dtype=np.uint32
-            )
+        self.crc.vindex[index] = np.asarray(
+            [self._pending_crc.pop(c) for c in chunks], dtype=np.uint32
+        )
         self.done.vindex[index] = 1
 
     def verified_done(self, plan: Any, workers: int = 4) -> tuple[np.ndarray, int]:
         """The done grid, keeping only chunks whose data is present, decodable and matches
         its checksum -> (done, number of chunks rejected)."""
         done = self.done_grid()
-        if self.crc is None or not done.any():
+        if not done.any():
             return done, 0
         sums = np.asarray(self.crc[...], dtype=np.uint32)
         chunks = [tuple(int(i) for i in c) for c in np.argwhere(done)]
@@ -341,8 +521,10 @@ class OutputStore:
         def intact(chunk: tuple[int, ...]) -> bool:
             region = plan.chunk_slices(chunk)
             try:
-                labels = np.asarray(self.labels[region])
-                prob = np.asarray(self.probabilities[(slice(None), *region)])
+                labels = np.asarray(self.engine_labels[region])
+                if self._dtype is None:
+                    return chunk_checksum(labels) == int(sums[chunk])
+                prob = np.asarray(self.image_levels[0][(slice(None), *region)])
             except Exception:  # a damaged chunk file: compute it again
                 return False
             return chunk_checksum(labels, prob) == int(sums[chunk])
@@ -356,6 +538,41 @@ class OutputStore:
                 rejected += 1
         return done, rejected
 
+    # --- pyramid ---------------------------------------------------------------------------
+    def clear_pyramid(self) -> None:
+        """Forget built pyramid levels (the full-resolution data is about to change)."""
+        ns = self.group[NS]
+        for k in range(1, self.n_levels):
+            ns[f"{PYRAMID_DONE}{k}"][...] = 0
+
+    def build_pyramid(self) -> Generator[tuple[str, int, int], None, int]:
+        """Build every level from the one below, chunk by chunk, skipping chunks already
+        built (resumable); yields ``("pyramid", done, total)``."""
+        levels = self.levels
+        ns = self.group[NS]
+        labels_group = self.group[LABELS]
+        jobs: list[tuple[list[Any], str, int]] = [(self.label_levels, "labels", 0)]
+        image_reduce = "mean" if self.kept else "labels"
+        jobs.append((self.image_levels, image_reduce, 1 if self.kept else 0))
+        if INSTANCES in labels_group:
+            inst = labels_group[INSTANCES]
+            jobs.append(([inst[str(k)] for k in range(self.n_levels)], "nearest", 0))
+        total = sum(math.prod(lv.grid) for lv in levels[1:])
+        built = 0
+        for k in range(1, len(levels)):
+            level, marker = levels[k], ns[f"{PYRAMID_DONE}{k}"]
+            finished = np.asarray(marker[...], dtype=bool)
+            for index in np.ndindex(*level.grid):
+                built += 1
+                if finished[index]:
+                    continue
+                for arrays, how, lead in jobs:
+                    reduce_chunk(arrays[k - 1], arrays[k], level, index, how, lead=lead)
+                marker[index] = 1
+                yield ("pyramid", built, total)
+        return built
+
+    # --- attributes ------------------------------------------------------------------------
     def update_attrs(self, **changes: Any) -> None:
         attrs = dict(self.group.attrs[ATTR_KEY])
         attrs.update(changes)
@@ -364,6 +581,20 @@ class OutputStore:
     @property
     def attrs(self) -> dict:
         return dict(self.group.attrs[ATTR_KEY])
+
+
+def _levels_of(group: Any) -> list[Level]:
+    layout = dict(group.attrs[ATTR_KEY])["layout"]
+    return [
+        Level(tuple(s), tuple(st), tuple(f), tuple(c))
+        for s, st, f, c in zip(
+            layout["level_shapes"],
+            layout["level_steps"],
+            layout["level_factors"],
+            layout["level_chunks"],
+            strict=True,
+        )
+    ]
 
 
 def _dim_names(ndim: int) -> tuple[str, ...]:
@@ -381,10 +612,13 @@ def _jsonish(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ResultLayout:
-    """Where a result store keeps what: array paths, label names and the input's geometry."""
+    """What a result store holds, for readers: the pyramids (full resolution first), label
+    names, the input's geometry, and the run record."""
 
-    labels: str
-    probabilities: str | None
+    labels: list[Any]
+    probabilities: list[Any] | None  # (P, *spatial) levels as stored
+    probability_scale: float  # multiply stored values by this for probabilities
+    instances: list[Any] | None
     label_names: dict[int, str]
     scale: tuple[float, ...] | None
     translate: tuple[float, ...] | None
@@ -395,18 +629,27 @@ class ResultLayout:
 def result_layout(group: Any) -> ResultLayout | None:
     """The layout of a napari-llmseg result store, or None for any other zarr group."""
     attrs = dict(group.attrs)
-    if ATTR_KEY not in attrs or "labels" not in group:
+    meta = attrs.get(ATTR_KEY)
+    if not isinstance(meta, dict) or "layout" not in meta or LABELS not in group:
         return None
-    meta = dict(attrs[ATTR_KEY])
+    layout = meta["layout"]
+    n = int(layout["levels"])
     source = meta.get("source_metadata", {}) or {}
 
     def axes(key: str) -> tuple | None:
         value = source.get(key)
         return tuple(value) if value else None
 
+    labels_group = group[LABELS]
+    instances = None
+    if INSTANCES in labels_group:
+        instances = [labels_group[INSTANCES][str(k)] for k in range(n)]
+    kept = layout.get("probabilities") != "none"
     return ResultLayout(
-        labels="labels",
-        probabilities="probabilities" if "probabilities" in group else None,
+        labels=[labels_group[SEGMENTATION][str(k)] for k in range(n)],
+        probabilities=[group[str(k)] for k in range(n)] if kept else None,
+        probability_scale=float(layout.get("probability_scale", 1.0)),
+        instances=instances,
         label_names=names_from_json(meta.get("label_names", {})),
         scale=axes("scale"),
         translate=axes("translate"),

@@ -154,8 +154,116 @@ def label_groups(root: Any) -> list[str]:
     return [str(n) for n in names if isinstance(n, str)]
 
 
-def _axes_names(ndim: int) -> str:
-    return "zyx"[3 - ndim :] if ndim <= 3 else "tczyx"[5 - ndim :]
+# --- writing ------------------------------------------------------------------------------
+#: NGFF 0.5 version written.
+NGFF_VERSION = "0.5"
+
+#: Short unit names -> the UDUNITS-2 names NGFF requires for space axes.
+NGFF_UNITS = {
+    "nm": "nanometer", "nanometer": "nanometer", "um": "micrometer", "µm": "micrometer",
+    "micron": "micrometer", "micrometer": "micrometer", "mm": "millimeter",
+    "millimeter": "millimeter", "cm": "centimeter", "centimeter": "centimeter",
+    "m": "meter", "meter": "meter", "metre": "meter", "km": "kilometer", "kilometer": "kilometer",
+    "ft": "foot", "foot": "foot", "ftUS": "foot",
+}  # fmt: skip
+
+
+def spatial_axis_names(ndim: int) -> tuple[str, ...]:
+    return ("z", "y", "x")[3 - ndim :]
+
+
+def ngff_axes(ndim: int, units: Sequence[str] | None = None, *, channel: bool = False) -> list:
+    """NGFF axes for ``ndim`` spatial axes (Z, Y, X), with units where they are NGFF units,
+    after a channel axis when ``channel``."""
+    names = spatial_axis_names(ndim)
+    given = [str(u) for u in units][-ndim:] if units is not None and len(units) >= ndim else []
+    mapped = [NGFF_UNITS.get(u) for u in given] if given else [None] * ndim
+    if any(u is None for u in mapped):
+        mapped = [None] * ndim  # all axes with a unit, or none: a half-known geometry misleads
+    axes: list[dict[str, str]] = [{"name": "c", "type": "channel"}] if channel else []
+    for name, unit in zip(names, mapped, strict=True):
+        axes.append({"name": name, "type": "space", **({"unit": unit} if unit else {})})
+    return axes
+
+
+def multiscales_metadata(
+    name: str,
+    levels: Sequence[Any],
+    *,
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    units: Sequence[str] | None = None,
+    channel: bool = False,
+    paths: Sequence[str] | None = None,
+) -> dict:
+    """One NGFF ``multiscales`` entry: axes, and per level its path, scale and translation.
+
+    ``levels`` are :class:`.pyramid.Level` (their ``factor``); level k's pixel centre 0 lies
+    at ``translate + (factor - 1) * scale / 2``, as ome-zarr-py places them.
+    """
+    nd = len(levels[0].shape)
+    base_scale = [float(s) for s in scale][-nd:] if scale is not None else [1.0] * nd
+    base_shift = [float(t) for t in translate][-nd:] if translate is not None else [0.0] * nd
+    if len(base_scale) != nd:
+        base_scale = [1.0] * nd
+    if len(base_shift) != nd:
+        base_shift = [0.0] * nd
+    lead_scale, lead_shift = ([1.0], [0.0]) if channel else ([], [])
+    datasets = []
+    for k, level in enumerate(levels):
+        s = [b * f for b, f in zip(base_scale, level.factor, strict=True)]
+        t = [
+            o + (f - 1) * b / 2
+            for o, b, f in zip(base_shift, base_scale, level.factor, strict=True)
+        ]
+        datasets.append(
+            {
+                "path": paths[k] if paths is not None else str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": lead_scale + s},
+                    {"type": "translation", "translation": lead_shift + t},
+                ],
+            }
+        )
+    return {"name": name, "axes": ngff_axes(nd, units, channel=channel), "datasets": datasets}
+
+
+def image_label_metadata(label_names: Mapping[int, str]) -> dict:
+    """NGFF ``image-label``: a colour and, as a property, the prompt of every label value."""
+    return {
+        "version": NGFF_VERSION,
+        "colors": [
+            {"label-value": int(i), "rgba": list(label_color(int(i)))} for i in label_names
+        ],
+        "properties": [{"label-value": int(i), "prompt": str(n)} for i, n in label_names.items()],
+    }
+
+
+def create_pyramid_arrays(
+    group: Any,
+    levels: Sequence[Any],
+    *,
+    dtype: Any,
+    lead: Sequence[int] = (),
+    fill_value: Any = 0,
+    compressors: Any = "auto",
+) -> list[Any]:
+    """Create the arrays ``"0"``, ``"1"``... of a pyramid in ``group`` (leading axes, e.g. one
+    per prompt, taken whole and chunked one by one)."""
+    nd = len(levels[0].shape)
+    names = ("c",) * len(lead) + spatial_axis_names(nd)
+    return [
+        group.create_array(
+            str(k),
+            shape=(*lead, *level.shape),
+            chunks=(*(1 for _ in lead), *level.chunks),
+            dtype=dtype,
+            fill_value=fill_value,
+            compressors=compressors,
+            dimension_names=names,
+        )
+        for k, level in enumerate(levels)
+    ]
 
 
 def write_labels_store(
@@ -168,50 +276,90 @@ def write_labels_store(
     translate: Sequence[float] | None = None,
     units: Sequence[str] | None = None,
     overwrite: bool = False,
+    chunks: int = 512,
 ) -> Path:
-    """Write ``labels`` as an OME-Zarr labels image ``path/labels/{name}``.
+    """Write labels as a standalone OME-Zarr (NGFF 0.5) image-label: a multiscale pyramid at
+    the store's root, with the class names (``prompt`` properties) and colours, and the real
+    scale, translation and units in its coordinate transformations.
 
-    ``labels`` may be numpy, dask or zarr; zarr and dask inputs are written chunk by chunk.
-    Class names go into ``image-label.properties`` as ``{"label-value": i, "prompt": name}``.
+    ``labels`` is numpy, dask or zarr, read chunk by chunk, or a list of such arrays (the
+    levels of a napari multiscale layer, full resolution first), written as they are.
     """
-    import dask.array as da
     import zarr
-    from ome_zarr.writer import write_labels
+
+    from ._files import check_file_target
+    from .pyramid import Level, build_level, plan_levels
 
     path = Path(path)
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"'{path}' already exists; choose another name or overwrite it")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    ndim = len(labels.shape)
-    axes = _axes_names(ndim)
-    data = (
-        labels if isinstance(labels, np.ndarray) else da.from_array(labels, chunks=labels.chunks)
-    )
-    kwargs: dict[str, Any] = {}
-    if scale is not None:
-        kwargs["scale"] = {a: float(s) for a, s in zip(axes, scale[-ndim:], strict=True)}
-    if units is not None:
-        clean = [str(u) for u in units[-ndim:]]
-        if all(u not in ("pixel", "px", "", "None") for u in clean):
-            kwargs["axes_units"] = dict(zip(axes, clean, strict=True))
+        if path.is_dir() and not _is_labels_store(path):
+            raise FileExistsError(
+                f"refusing to overwrite '{path}': it is not an OME-Zarr labels store written "
+                "by napari-llmseg"
+            )
+        check_file_target(path, overwrite=True) if path.is_file() else shutil.rmtree(path)
+    given = list(labels) if isinstance(labels, (list, tuple)) else [labels]
+    base = given[0]
+    nd = len(base.shape)
+    if nd not in (2, 3):
+        raise ValueError(f"labels must be 2D or 3D to write as OME-Zarr, got shape {base.shape}")
+    edge = (min(chunks, 64),) if nd == 3 else ()
+    base_chunks = (*edge, chunks, chunks) if nd == 3 else (chunks, chunks)
+    if len(given) > 1:  # a multiscale layer: its own levels, each relative to the one before
+        levels: list[Level] = []
+        for arr in given:
+            shape = tuple(int(s) for s in arr.shape)
+            if not levels:
+                step = factor = (1,) * nd
+            else:
+                prev = levels[-1]
+                step = tuple(max(1, round(p / s)) for p, s in zip(prev.shape, shape, strict=True))
+                factor = tuple(a * b for a, b in zip(prev.factor, step, strict=True))
+            chunk = tuple(min(c, s) for c, s in zip(base_chunks, shape, strict=True))
+            levels.append(Level(shape, step, factor, chunk))
+    else:
+        levels = plan_levels(base.shape, base_chunks, scale)
+    dtype = np.dtype(base.dtype)
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    metadata = {
-        "colors": [
-            {"label-value": int(i), "rgba": list(label_color(int(i)))} for i in label_names
+    arrays = create_pyramid_arrays(root, levels, dtype=dtype)
+    for k, (level, target) in enumerate(zip(levels, arrays, strict=True)):
+        if k < len(given):
+            _copy_blocks(given[k], target, level)
+        else:
+            for _ in build_level(arrays[k - 1], target, level, "labels"):
+                pass
+    root.attrs["ome"] = {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            multiscales_metadata(name, levels, scale=scale, translate=translate, units=units)
         ],
-        "properties": [{"label-value": int(i), "prompt": str(n)} for i, n in label_names.items()],
+        "image-label": image_label_metadata(label_names),
     }
-    # Pyramid levels halve Y and X until the smallest level is under 256 px.
-    factors: list[int] = []
-    edge = min(labels.shape[-2:])
-    while edge > 256 and len(factors) < 6:
-        edge //= 2
-        factors.append(2 ** (len(factors) + 1))
-    write_labels(
-        data, root, name=name, axes=axes, label_metadata=metadata, scaler=None,
-        scale_factors=tuple(factors), **kwargs,
-    )  # fmt: skip
-    if translate is not None and any(translate):
-        root.attrs["napari_llmseg_translate"] = [float(t) for t in translate[-ndim:]]
+    root.attrs[ATTR_KEY] = {
+        "kind": "labels",
+        "label_names": {str(k): v for k, v in label_names.items()},
+    }
     return path
+
+
+def _copy_blocks(source: Any, target: Any, level: Any) -> None:
+    """Copy an array (numpy, dask, zarr) into ``target`` chunk by chunk (bounded memory)."""
+    for index in np.ndindex(*level.grid):
+        region = level.chunk_slices(index)
+        block = source[region]
+        if hasattr(block, "compute"):
+            block = block.compute()
+        target[region] = np.asarray(block)
+
+
+def _is_labels_store(path: Path) -> bool:
+    import zarr
+
+    try:
+        attrs: dict[str, Any] = dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:
+        return False
+    ours = attrs.get(ATTR_KEY)
+    return isinstance(ours, dict) and ours.get("kind") == "labels"

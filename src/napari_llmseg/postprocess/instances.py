@@ -199,13 +199,15 @@ def semantic_source(
     threshold: float,
     post: Any,
     n_lead: int,
+    raw_labels: Any = None,
 ) -> Callable[[tuple[slice, ...]], np.ndarray]:
     """``region -> semantic labels`` after post-processing, exact chunk by chunk.
 
     Without smoothing or hole filling, the engine's labels are used as they are. Otherwise the
-    labels are recomputed from the probabilities (which post-processing never changes, so the
-    result is the same however often it runs) on the region grown by the operations' halo in
-    the window plane, processed, and cropped back.
+    engine's labels (``raw_labels``, kept apart from the final ones in a result store; else
+    recomputed from the float32 probabilities) are read, which post-processing never changes,
+    so the result is the same however often it runs, on the region grown by the operations'
+    halo in the window plane, processed, and cropped back.
     """
     from .cleanup import fill_holes, smooth_labels
     from .labels import threshold_labels
@@ -223,8 +225,10 @@ def semantic_source(
             lo, hi = max(sl.start - h, 0), min(sl.stop + h, shape[ax])
             grown.append(slice(lo, hi))
             crop.append(slice(sl.start - lo, sl.start - lo + sl.stop - sl.start))
-        prob = np.asarray(probabilities[(slice(None), *grown)])
-        sem = threshold_labels(prob, threshold)
+        if raw_labels is not None:
+            sem = np.asarray(raw_labels[tuple(grown)])
+        else:
+            sem = threshold_labels(np.asarray(probabilities[(slice(None), *grown)]), threshold)
         if post.smooth:
             sem = smooth_labels(sem, post.smooth, plane_dims)
         if post.fill_holes:

@@ -344,7 +344,7 @@ class OutputStore:
             for k, level in enumerate(levels[1:], start=1):
                 ns.create_array(f"{PYRAMID_DONE}{k}", shape=level.grid, dtype=np.uint8,
                                 fill_value=0)  # fmt: skip
-            layout = {
+            layout: dict[str, Any] = {
                 "probabilities": probabilities,
                 "probability_scale": 1 / UINT8_SCALE if probabilities == "uint8" else 1.0,
                 "image": "probabilities" if dtype is not None else "classes",
@@ -368,7 +368,8 @@ class OutputStore:
                 "image-label": image_label_metadata(names),
             }
             seg.attrs["ome"] = seg_meta
-            root.attrs[ATTR_KEY] = {**attrs, "status": "running", "layout": layout}
+            record: dict[str, Any] = {**attrs, "status": "running", "layout": layout}
+            root.attrs[ATTR_KEY] = record
         except BaseException:
             _clear_owned(out)
             raise

@@ -17,6 +17,10 @@ Fields:
   rss_growth_4x     peak RSS segmenting a zarr volume 4x larger / the smaller one (out= zarr)
   peak_rss_1gb_mb   peak RSS of the whole process (including loading the model) segmenting
                     a 1 GiB uint16 zarr volume into a zarr store
+  light_model       a small convolutional network (a few ms per window) on a 64 x 1024 x 1024
+                    zarr volume into a result store, for each way of keeping probabilities:
+                    wall time of the whole run (pyramid included) / time in the model; with a
+                    light model the writer's share shows (issue: float32 gave 1.40)
 """
 
 from __future__ import annotations
@@ -138,6 +142,69 @@ def child(task: str, arg: str) -> dict:
     raise ValueError(task)
 
 
+def light_model() -> object:
+    """A small convolutional network (about 1 ms per 256 x 256 window on one CPU thread)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1)
+    ).eval()
+
+    def model(x, prompts):
+        with torch.inference_mode():
+            return net((x - 3000.0) / 3000.0)
+
+    return model
+
+
+def light_model_case(folder: Path, repeats: int) -> dict:
+    """Overhead of the whole run with a light model, per way of keeping probabilities,
+    alternating the kinds so that they share the machine's ups and downs."""
+    from napari_llmseg import segment
+
+    src = folder / "light.zarr"
+    write_volume(src, (64, 1024, 1024), (8, 512, 512))
+    model = light_model()
+    spent = [0.0]
+
+    def timed(x, prompts):
+        t0 = time.perf_counter()
+        try:
+            return model(x, prompts)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    segment(src, "x", model=timed, roi_size=ROI, out=folder / "warm.zarr", report=False)
+    from napari_llmseg import iter_segment
+
+    kinds = ("float32", "uint8", "none")
+    ratios: dict[str, list[float]] = {k: [] for k in kinds}
+    pyramid: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(repeats):
+        for kind in kinds:
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            first_pyramid = None
+            gen = iter_segment(
+                src, "x", model=timed, roi_size=ROI, overlap=OVERLAP, batch_size=BATCH,
+                out=folder / f"o-{kind}-{r}.zarr", probabilities=kind, report=False,
+            )  # fmt: skip
+            for step in gen:
+                if step.stage == "pyramid" and first_pyramid is None:
+                    first_pyramid = time.perf_counter()
+            end = time.perf_counter()
+            ratios[kind].append((end - t0) / spent[0])
+            pyramid[kind].append(end - (first_pyramid or end))
+    return {
+        "shape": [64, 1024, 1024],
+        "model_seconds": round(spent[0], 2),
+        **{f"overhead_ratio_{k}": round(statistics.median(v), 3) for k, v in ratios.items()},
+        **{f"pyramid_seconds_{k}": round(statistics.median(v), 2) for k, v in pyramid.items()},
+        "runs": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
+    }
+
+
 def run_child(task: str, arg: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", task, arg],
@@ -201,6 +268,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help="edge of the 2D timing image")
     parser.add_argument("--mem-size", type=int, default=4096, help="edge of the 2D memory image")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--light-only", action="store_true", help="only the light-model case")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -214,6 +282,11 @@ def main() -> None:
         "overlap": OVERLAP,
         "batch": BATCH,
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        report["light_model"] = light_model_case(Path(tmp), max(1, args.repeats // 2))
+    if args.light_only:
+        print(json.dumps(report, indent=2))
+        return
     report.update(timing(args.size, args.repeats))
     ours = run_child("segment-mem", str(args.mem_size))
     theirs = run_child("monai-mem", str(args.mem_size))

@@ -74,6 +74,8 @@ INSTANCES = "instances"
 DONE_ARRAY = "chunks_done"
 CRC_ARRAY = "chunks_crc"
 PYRAMID_DONE = "pyramid_done_"
+#: Pyramid chunks built between two writes of their markers.
+PYRAMID_BATCH = 64
 SCRATCH_ARRAYS = ("instances_scratch", "instances_seeds")
 #: How probabilities are kept: not at all, quantised to uint8 (p * 255), float16, float32.
 PROBABILITY_KINDS = ("none", "uint8", "float16", "float32")
@@ -546,9 +548,14 @@ class OutputStore:
         for k in range(1, self.n_levels):
             ns[f"{PYRAMID_DONE}{k}"][...] = 0
 
-    def build_pyramid(self) -> Generator[tuple[str, int, int], None, int]:
+    def build_pyramid(self, workers: int = 4) -> Generator[tuple[str, int, int], None, int]:
         """Build every level from the one below, chunk by chunk, skipping chunks already
-        built (resumable); yields ``("pyramid", done, total)``."""
+        built (resumable); yields ``("pyramid", done, total)``.
+
+        Chunks of a level are independent: a few threads reduce them at once (zarr's codecs
+        and numpy release the GIL), and their markers are written together after each batch,
+        from this thread only (markers share zarr chunks).
+        """
         levels = self.levels
         ns = self.group[NS]
         labels_group = self.group[LABELS]
@@ -560,17 +567,23 @@ class OutputStore:
             jobs.append(([inst[str(k)] for k in range(self.n_levels)], "nearest", 0))
         total = sum(math.prod(lv.grid) for lv in levels[1:])
         built = 0
-        for k in range(1, len(levels)):
-            level, marker = levels[k], ns[f"{PYRAMID_DONE}{k}"]
-            finished = np.asarray(marker[...], dtype=bool)
-            for index in np.ndindex(*level.grid):
-                built += 1
-                if finished[index]:
-                    continue
-                for arrays, how, lead in jobs:
-                    reduce_chunk(arrays[k - 1], arrays[k], level, index, how, lead=lead)
-                marker[index] = 1
-                yield ("pyramid", built, total)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            for k in range(1, len(levels)):
+                level, marker = levels[k], ns[f"{PYRAMID_DONE}{k}"]
+                finished = np.asarray(marker[...], dtype=bool)
+                todo = [i for i in np.ndindex(*level.grid) if not finished[i]]
+                built += math.prod(level.grid) - len(todo)
+
+                def one(index: tuple[int, ...], k: int = k, level: Level = level) -> None:
+                    for arrays, how, lead in jobs:
+                        reduce_chunk(arrays[k - 1], arrays[k], level, index, how, lead=lead)
+
+                for start in range(0, len(todo), PYRAMID_BATCH):
+                    batch = todo[start : start + PYRAMID_BATCH]
+                    list(pool.map(one, batch))
+                    marker.vindex[tuple(np.asarray(batch).T)] = 1
+                    built += len(batch)
+                    yield ("pyramid", built, total)
         return built
 
     # --- attributes ------------------------------------------------------------------------

@@ -171,6 +171,9 @@ def reduce_chunk(
     )
     whole = (slice(None),) * lead
     block = np.asarray(source[(*whole, *region)])
+    if not block.any():  # empty (most chunks of a sparse result): zarr stores no chunk
+        target[(*whole, *out)] = 0
+        return
     target[(*whole, *out)] = REDUCERS[reduce](block, level.step)
 
 

@@ -1,16 +1,22 @@
-"""The napari widget: gather parameters, run the core on a worker thread, show the results.
+"""The napari widget: the interactive loop (preview, correct, teach) and full runs.
 
-All computation happens in the headless core (:func:`napari_llmseg.api.iter_segment`,
-:mod:`napari_llmseg.measure`); this module only translates between the GUI and the core.
-The run is the engine's generator driven by napari's worker thread: every yielded
-:class:`~napari_llmseg.engine.stream.Progress` advances a progress bar in the activity dock,
-Cancel sets the engine's cancel event (honoured within one batch), and errors from the core
+All computation happens in the headless core (:mod:`napari_llmseg.interactive` for previews
+and the most uncertain region, :func:`napari_llmseg.teach`, :func:`napari_llmseg.api.iter_segment`
+for full runs, :mod:`napari_llmseg.measure`); this module turns viewer state into calls of the
+core, runs them on worker threads (napari's ``create_worker``: the GUI never waits) and shows
+what comes back. Cancel sets the core's cancel event (honoured within one batch); errors
 become notifications with the core's own message.
+
+The loop, as in ilastik and micro-sam: type a prompt with *Live preview* on and the part of
+the image on screen is segmented as you pan, zoom, change plane or edit the prompt; *Paint
+corrections* opens a ``corrections`` Labels layer (1 = this is the concept, 2 = it is not);
+*Teach* adapts the model to them in seconds and the preview follows; *Most uncertain* shows
+where a correction helps most; *Run* then segments the whole image into a store whose labels
+appear at once and fill in as chunks finish.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 import threading
@@ -29,7 +35,6 @@ from magicgui.widgets import (
     Label,
     LineEdit,
     PushButton,
-    Select,
     SpinBox,
     Table,
     TextEdit,
@@ -41,22 +46,49 @@ from .options import SegmentOptions
 if TYPE_CHECKING:
     import napari
 
-#: Inputs larger than this are segmented into a zarr store on disk instead of memory.
-DISK_THRESHOLD_BYTES = 512 * 1024**2
-
 OUTPUTS = ("labels", "instances", "probabilities", "uncertainty")
+#: Milliseconds of quiet (no typing, panning, zooming, plane change) before a preview starts.
+PREVIEW_DELAY_MS = 250
+#: Seconds between refreshes of a result layer that fills in during a run.
+REFRESH_SECONDS = 0.5
+#: Name of the layer the user paints corrections on.
+CORRECTIONS = "corrections"
+#: Corrections: 1 = this is the concept (green), 2 = it is not (magenta).
+CORRECTION_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.9, 0.2, 1.0),
+                     2: (0.95, 0.2, 0.8, 1.0)}  # fmt: skip
+
+
+class _Choices(Container):
+    """Check boxes for a set of choices; ``value`` is the list of checked ones (so that
+    scripts set ``widget.output.value = ["labels", "instances"]``)."""
+
+    def __init__(self, choices: tuple[str, ...], value: list[str], label: str) -> None:
+        self.boxes = {c: CheckBox(value=c in value, text=c) for c in choices}
+        super().__init__(widgets=list(self.boxes.values()), layout="horizontal", label=label,
+                         labels=False)  # fmt: skip
+
+    @property
+    def value(self) -> list[str]:  # type: ignore[override]
+        return [c for c, box in self.boxes.items() if box.value]
+
+    @value.setter
+    def value(self, chosen: list[str]) -> None:
+        for c, box in self.boxes.items():
+            box.value = c in chosen
 
 
 class SegmentWidget(Container):
-    """Text-prompted segmentation of the chosen image layer.
+    """Text-prompted segmentation of the chosen image layer, live and in full.
 
     Sub-widgets are attributes so that scripts and tests can drive them: ``image_layer``,
-    ``prompts`` (one prompt per line), ``model``, ``roi_size``, ``overlap``, ``threshold``,
-    ``device``, ``output`` (labels, instances, probabilities, uncertainty), ``split``,
-    ``min_size``, ``fill_holes``, ``smooth``, ``save_to``, ``run_button``, ``cancel_button``,
-    ``measurements`` (per prompt, or per object when instances are made), ``csv_path``,
-    ``export_button`` and ``report_button`` (opens the HTML report of the last result in the
-    web browser: the one written beside ``save_to``, or one written to the temporary folder).
+    ``prompts`` (one prompt per line), ``model``, ``model_folder``, ``knows`` (what the model
+    knows) and ``prompt_notes`` (prompts far from it), ``preview_checkbox``,
+    ``corrections_button``, ``teach_button``, ``most_uncertain_button``, ``roi_size``,
+    ``overlap``, ``threshold``, ``device``, ``output`` (labels, instances, probabilities,
+    uncertainty), ``split``, ``min_size``, ``fill_holes``, ``smooth``, ``save_to``,
+    ``resume_checkbox``, ``overwrite_checkbox``, ``run_button``, ``cancel_button``,
+    ``status``, ``measurements``, ``csv_path``, ``export_button`` and ``report_button``.
+    ``last_result`` is the last full run's result, ``taught`` the model taught last.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -68,56 +100,95 @@ class SegmentWidget(Container):
         self.prompts = TextEdit(value="nuclei", label="prompts\n(one per line)")
         self.model = ComboBox(choices=list_models(), value=DEFAULT_MODEL, label="model")
         self.model_folder = FileEdit(mode="d", label="or model folder", value="")
+        self.knows = Label(value="", label="knows")
+        self.prompt_notes = Label(value="")
+        self.preview_checkbox = CheckBox(value=False, text="Live preview (what is on screen)")
+        self.corrections_button = PushButton(text="Paint corrections")
+        self.teach_button = PushButton(text="Teach")
+        self.most_uncertain_button = PushButton(text="Most uncertain")
         self.roi_size = SpinBox(value=256, min=16, max=4096, step=16, label="window (px)")
         self.overlap = FloatSpinBox(value=0.25, min=0.0, max=0.95, step=0.05, label="overlap")
         self.threshold = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, label="threshold")
-        self.device = ComboBox(
-            choices=["auto", "cpu", "cuda", "mps"], value="auto", label="device"
-        )
-        self.output = Select(choices=list(OUTPUTS), value=["labels"], label="output")
-        self.split = CheckBox(value=False, text="split touching objects")
+        self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
+                               label="device")  # fmt: skip
+        self.output = _Choices(OUTPUTS, ["labels"], label="output")
+        self.split = CheckBox(value=False, text="split touching objects (needs instances)")
         self.min_size = LineEdit(value="0", label="min object size")
         self.min_size.tooltip = "pixels (voxels), or with a unit: '20 um^3', '0.5 mL'"
         self.fill_holes = CheckBox(value=False, text="fill holes")
         self.smooth = SpinBox(value=0, min=0, max=32, label="smoothing (px)")
         self.save_to = FileEdit(mode="w", filter="*.zarr", label="save to (optional)", value="")
-        self.run_button = PushButton(text="Run")
+        self.resume_checkbox = CheckBox(value=False, text="resume an interrupted run there")
+        self.overwrite_checkbox = CheckBox(value=False, text="overwrite a result there")
+        self.run_button = PushButton(text="Run on whole image")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.measurements = Table(value=[], label="measurements")
         self.csv_path = FileEdit(mode="w", filter="*.csv", label="CSV file", value="")
         self.export_button = PushButton(text="Export measurements (CSV)", enabled=False)
         self.report_button = PushButton(text="Open report", enabled=False)
+        loop = Container(widgets=[self.corrections_button, self.teach_button,
+                                  self.most_uncertain_button], layout="horizontal",
+                         labels=False, label="loop")  # fmt: skip
         self.extend(
             [
-                self.image_layer, self.prompts, self.model, self.model_folder, self.roi_size,
-                self.overlap, self.threshold, self.device, self.output, self.split,
-                self.min_size, self.fill_holes, self.smooth, self.save_to,
-                self.run_button, self.cancel_button, self.status, self.measurements,
-                self.csv_path, self.export_button, self.report_button,
+                self.image_layer, self.prompts, self.model, self.model_folder, self.knows,
+                self.prompt_notes, self.preview_checkbox, loop, self.roi_size, self.overlap,
+                self.threshold, self.device, self.output, self.split, self.min_size,
+                self.fill_holes, self.smooth, self.save_to, self.resume_checkbox,
+                self.overwrite_checkbox, self.run_button, self.cancel_button, self.status,
+                self.measurements, self.csv_path, self.export_button, self.report_button,
             ]
         )  # fmt: skip
         # Keep the dock compact so that the canvas keeps most of the window.
-        self.prompts.native.setMaximumHeight(72)
-        self.output.native.setMaximumHeight(64)
+        self.prompts.native.setMaximumHeight(64)
         self.measurements.native.setMaximumHeight(140)
-        self.status.native.setWordWrap(True)
-        self.max_width = 460
+        for label in (self.status, self.knows, self.prompt_notes):
+            label.native.setWordWrap(True)
+        self.max_width = 480
         self.run_button.changed.connect(self._on_run)
         self.cancel_button.changed.connect(self._on_cancel)
         self.export_button.changed.connect(self._on_export)
         self.report_button.changed.connect(self._on_report)
-        self._models: dict[tuple[str, str], Any] = {}
+        self.preview_checkbox.changed.connect(self._on_preview_toggled)
+        self.corrections_button.changed.connect(self._on_corrections)
+        self.teach_button.changed.connect(self._on_teach)
+        self.most_uncertain_button.changed.connect(self._on_most_uncertain)
+        for w in (self.threshold, self.roi_size, self.overlap):
+            w.changed.connect(self._schedule_preview)
+        # magicgui's TextEdit never emits ``changed`` (Qt's textChanged carries no value, which
+        # magicgui drops as null): listen to the Qt signal itself
+        self.prompts.native.textChanged.connect(self._on_prompts_edited)
+        for w in (self.model, self.model_folder):
+            w.changed.connect(self._on_model_changed)
+        self.image_layer.changed.connect(self._schedule_preview)
+        self._models: dict[tuple[Any, str], Any] = {}
+        self._models_lock = threading.Lock()
+        self._stats: dict[int, Any] = {}
         self._cancel: threading.Event | None = None
         self._worker: Any = None
         self._progress: Any = None
+        self._running = False
+        self._live: Any = None  # the labels layer a running store fills
+        self._last_refresh = 0.0
+        self._preview_worker: Any = None
+        self._preview_cancel: threading.Event | None = None
+        self._preview_pending = False
+        self._preview_timer = _single_shot(PREVIEW_DELAY_MS, self._start_preview, self.native)
+        self._prompt_timer = _single_shot(PREVIEW_DELAY_MS, self._check_prompts, self.native)
+        self._busy: Any = None  # a teach or most-uncertain worker
         self._last_measurements: list = []
         self._last_image: Any = None
         self._report: Path | None = None
         self.last_result: Any = None
+        self.taught: Any = None
+        self.last_preview: Any = None
+        self._on_model_changed()
 
-    # --- parameters -----------------------------------------------------------------------
-    def _model_spec(self) -> str:
+    # --- model ----------------------------------------------------------------------------
+    def _model_spec(self) -> Any:
+        if self.taught is not None and self.model.value == self.taught.name:
+            return self.taught
         folder = str(self.model_folder.value or "").strip()
         return folder if folder not in ("", ".") else str(self.model.value)
 
@@ -128,32 +199,359 @@ class SegmentWidget(Container):
         """Load a model once per (model, device) and keep it for later runs."""
         from .backends.registry import get_model
 
+        if not isinstance(spec, (str, Path)):
+            return spec  # a taught model, already loaded
         key = (spec, device)
-        if key not in self._models:
-            self._models[key] = get_model(spec, device=device)
-        return self._models[key]
+        with self._models_lock:  # the GUI thread and workers ask for models
+            if key not in self._models:
+                self._models[key] = get_model(spec, device=device)
+            return self._models[key]
 
-    # --- run / cancel ---------------------------------------------------------------------
+    def _on_model_changed(self, *_: Any) -> None:
+        from .backends.registry import list_models, model_info
+
+        spec = self._model_spec()
+        if not isinstance(spec, (str, Path)):
+            self.knows.value = ", ".join(spec.concepts()) or "open vocabulary"
+        elif str(spec) in list_models():
+            concepts = model_info(str(spec)).concepts
+            self.knows.value = ", ".join(concepts) if concepts else "open vocabulary (any text)"
+        else:
+            self.knows.value = "(a model folder: see its config.json)"
+        self._schedule_prompt_check()
+        self._schedule_preview()
+
+    def _on_prompts_edited(self) -> None:
+        self._schedule_prompt_check()
+        self._schedule_preview()
+
+    def _schedule_prompt_check(self, *_: Any) -> None:
+        self._prompt_timer.start()
+
+    def _check_prompts(self) -> None:
+        """Say, below the prompts, which are far from what the model knows (the model loads
+        and the prompts are encoded on a worker thread)."""
+        from napari.qt.threading import create_worker
+
+        create_worker(
+            self._prompt_notes_work, self._model_spec(), str(self.device.value),
+            self._prompt_list(), _connect={"returned": self._show_prompt_notes},
+        )  # fmt: skip
+
+    def _prompt_notes_work(self, spec: Any, device: str, prompts: list[str]) -> list[str]:
+        from .backends.knowledge import prompt_warnings
+
+        try:
+            return prompt_warnings(self._backend(spec, device), prompts)
+        except (ValueError, OSError, TypeError) as err:
+            return [str(err)]
+
+    def _show_prompt_notes(self, notes: list[str]) -> None:
+        self.prompt_notes.value = "\n".join(f"⚠ {n}" for n in notes)
+
+    # --- live preview ---------------------------------------------------------------------
+    def _on_preview_toggled(self, on: bool) -> None:
+        events = (_camera(self._viewer).events.zoom, _camera(self._viewer).events.center,
+                  self._viewer.dims.events.current_step)  # fmt: skip
+        for event in events:
+            (event.connect if on else event.disconnect)(self._schedule_preview)
+        if on:
+            self._schedule_preview()
+        elif self._preview_cancel is not None:
+            self._preview_cancel.set()
+
+    def _schedule_preview(self, *_: Any) -> None:
+        if self.preview_checkbox.value and not self._running:
+            self._preview_timer.start()  # restarts: the preview waits for a quiet moment
+
+    def _start_preview(self) -> None:
+        from napari.qt.threading import create_worker
+
+        if not self.preview_checkbox.value or self._running:
+            return
+        if self._preview_worker is not None:  # one at a time: stop it, start again after
+            self._preview_pending = True
+            if self._preview_cancel is not None:
+                self._preview_cancel.set()
+            return
+        request = self._view_request()
+        if request is None:
+            return
+        self._preview_cancel = threading.Event()
+        self._preview_worker = create_worker(
+            self._preview_work, request, self._preview_cancel,
+            _connect={"returned": self._show_preview, "errored": self._on_error,
+                      "finished": self._preview_finished},
+        )  # fmt: skip
+
+    def _view_request(self) -> dict | None:
+        """What the viewer shows of the chosen image: which data, plane and region."""
+        from .interactive import View
+
+        layer = self.image_layer.value
+        prompts = self._prompt_list()
+        if layer is None or not prompts or self._viewer.dims.ndisplay != 2:
+            return None
+        level = int(layer.data_level) if layer.multiscale else 0
+        data = layer.data[level] if layer.multiscale else layer.data
+        factor = (
+            np.asarray(layer.downsample_factors[level])[-2:] if layer.multiscale else np.ones(2)
+        )
+        spatial = data.ndim - (1 if layer.rgb else 0)
+        corners = np.asarray(layer.corner_pixels, dtype=float)[:, spatial - 2 : spatial]
+        plane = None
+        if spatial == 3:
+            point = layer.world_to_data(self._viewer.dims.point)
+            plane = int(round(float(point[0])))
+            if layer.multiscale:
+                plane = int(plane // np.asarray(layer.downsample_factors[level])[0])
+        view = View(plane, (int(corners[0, 0]), int(corners[1, 0]) + 1),
+                    (int(corners[0, 1]), int(corners[1, 1]) + 1))  # fmt: skip
+        return {
+            "layer": layer, "data": data, "level": level, "factor": factor, "view": view,
+            "prompts": prompts, "rgb": bool(layer.rgb), "model": self._model_spec(),
+            "device": str(self.device.value),
+            "options": {"roi_size": int(self.roi_size.value),
+                        "overlap": float(self.overlap.value),
+                        "threshold": float(self.threshold.value)},
+        }  # fmt: skip
+
+    def _image_stats(self, layer: Any) -> Any:
+        """The whole image's intensity statistics, once per image (every preview uses them)."""
+        from .interactive import image_stats
+
+        key = id(layer.data)
+        if key not in self._stats:
+            base = layer.data[0] if layer.multiscale else layer.data
+            self._stats[key] = image_stats(base, -1 if layer.rgb else None)
+        return self._stats[key]
+
+    def _preview_work(self, request: dict, cancel: threading.Event) -> Any:
+        """Worker thread: the preview of one view."""
+        from .interactive import preview
+        from .io.source import ImageSource
+
+        backend = self._backend(request["model"], request["device"])
+        stats = self._image_stats(request["layer"])
+        source = ImageSource(request["data"], -1 if request["rgb"] else None)
+        t0 = time.perf_counter()
+        result = preview(source, request["prompts"], request["view"], model=backend,
+                         stats=stats, cancel=cancel, **request["options"])  # fmt: skip
+        return (request, result, time.perf_counter() - t0)
+
+    def _preview_finished(self) -> None:
+        self._preview_worker = None
+        if self._preview_pending:
+            self._preview_pending = False
+            self._start_preview()
+
+    def _show_preview(self, payload: tuple) -> None:
+        """Put the preview in its layer, on top of the view it was computed for."""
+        from napari.layers import Layer
+
+        from ._layers import labels_layer
+
+        request, result, seconds = payload
+        if result is None:  # cancelled by a newer view
+            return
+        self.last_preview = result
+        image = request["layer"]
+        prompts = request["prompts"]
+        spatial = image.ndim - (1 if image.rgb else 0)
+        factor = request["factor"]
+        image_scale = np.asarray(image.scale[-2:], dtype=float)
+        pixel = image_scale * factor * result.stride
+        # the view's first pixel centre, in world coordinates
+        first = np.asarray(result.translate) * factor + (factor - 1) / 2
+        translate = np.asarray(image.translate[-2:], dtype=float) + first * image_scale
+        labels = result.labels
+        lead_scale, lead_translate = (), ()
+        if spatial == 3:  # one plane, placed at its Z
+            labels = labels[None]
+            z = image.data_to_world((result.view.plane,) + (0,) * (image.ndim - 1))[0]
+            if image.multiscale:
+                z = image.data_to_world(
+                    (result.view.plane * float(image.downsample_factors[request["level"]][0]),)
+                    + (0,) * (image.ndim - 1)
+                )[0]
+            lead_scale, lead_translate = (float(image.scale[0]),), (float(z),)
+        name = f"{' + '.join(prompts)} preview"
+        names = {i + 1: p for i, p in enumerate(prompts)}
+        data, kwargs, kind = labels_layer(labels, name=name, label_names=names)
+        kwargs.update(scale=(*lead_scale, *pixel), translate=(*lead_translate, *translate),
+                      opacity=0.6)  # fmt: skip
+        old = [lyr for lyr in self._viewer.layers if lyr.name.endswith(" preview")]
+        if old and old[0].name == name and old[0].data.shape == data.shape:
+            layer = old[0]
+            layer.data = data
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+        else:
+            for lyr in old:
+                self._viewer.layers.remove(lyr)
+            self._viewer.add_layer(Layer.create(data, kwargs, kind))
+            self._viewer.layers.selection.active = image
+        where = f"plane {result.view.plane}, " if result.view.plane is not None else ""
+        self.status.value = (
+            f"preview of {where}{labels.shape[-2]} x {labels.shape[-1]} px "
+            f"(1 px = {result.stride * int(factor[0])} image px) in {seconds:.2f} s"
+        )
+
+    # --- corrections, teach, most uncertain -----------------------------------------------
+    def _on_corrections(self) -> None:
+        """Open (or select) the corrections layer and start painting 1 = the concept."""
+        layer = self.image_layer.value
+        if layer is None:
+            _error("choose an image layer first")
+            return
+        corrections = self._corrections_layer(create=True)
+        self._viewer.layers.selection.active = corrections
+        corrections.mode = "paint"
+        corrections.selected_label = 1
+        self.status.value = (
+            "paint 1 (green) on what the prompt means and 2 (magenta) on what it does not, on "
+            "any planes; then Teach"
+        )
+
+    def _corrections_layer(self, create: bool = False) -> Any:
+        from napari.layers import Labels
+
+        for lyr in self._viewer.layers:
+            if lyr.name == CORRECTIONS and isinstance(lyr, Labels):
+                return lyr
+        if not create:
+            return None
+        image = self.image_layer.value
+        base = image.data[0] if image.multiscale else image.data
+        shape = base.shape[:-1] if image.rgb else base.shape
+        layer = self._viewer.add_labels(
+            np.zeros(shape, np.uint8), name=CORRECTIONS, scale=image.scale[-len(shape):],
+            translate=image.translate[-len(shape):], opacity=0.8, colormap=CORRECTION_COLORS,
+            features={"index": [0, 1, 2], "correction": ["unknown", "concept", "not concept"]},
+        )  # fmt: skip
+        return layer
+
+    def _on_teach(self) -> None:
+        """Adapt the model to the painted corrections (worker thread), then preview."""
+        from napari.qt.threading import create_worker
+
+        layer, corrections = self.image_layer.value, self._corrections_layer()
+        prompts = self._prompt_list()
+        if layer is None or corrections is None or not prompts:
+            _error("choose an image, type the prompt and paint corrections first")
+            return
+        if self._busy is not None:
+            return
+        if not np.any(np.asarray(corrections.data) == 1):
+            _error("paint some pixels with 1 (the concept) first")
+            return
+        base = layer.data[0] if layer.multiscale else layer.data
+        self._cancel = threading.Event()
+        request = {
+            "image": base, "corrections": np.asarray(corrections.data), "prompt": prompts[0],
+            "rgb": bool(layer.rgb), "model": self._model_spec(), "device": str(self.device.value),
+        }  # fmt: skip
+        self._busy = create_worker(
+            self._teach_work, request, self._cancel,
+            _connect={"yielded": self._on_teach_progress, "returned": self._on_taught,
+                      "errored": self._on_error, "finished": self._busy_finished},
+        )  # fmt: skip
+        self.teach_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "teaching..."
+
+    def _teach_work(self, request: dict, cancel: threading.Event) -> Any:
+        from .training.teach import iter_teach
+
+        base = self._backend(request["model"], request["device"])
+        taught = yield from iter_teach(
+            request["image"], request["corrections"], request["prompt"], base=base,
+            channel_axis=-1 if request["rgb"] else None, cancel=cancel,
+        )  # fmt: skip
+        return taught
+
+    def _on_teach_progress(self, step: Any) -> None:
+        self.status.value = f"teaching: {step.stage} {step.done} / {step.total}"
+
+    def _on_taught(self, taught: Any) -> None:
+        if taught is None:
+            self.status.value = "teaching cancelled"
+            return
+        self.taught = taught
+        if taught.name not in self.model.choices:
+            self.model.choices = (*self.model.choices, taught.name)
+        self.model.value = taught.name
+        self.status.value = f"taught '{taught.prompt}': {taught.summary()}"
+        self._schedule_preview()
+
+    def _busy_finished(self) -> None:
+        self._busy = None
+        self.teach_button.enabled = True
+        self.most_uncertain_button.enabled = True
+        self.cancel_button.enabled = self._worker is not None
+
+    def _on_most_uncertain(self) -> None:
+        """Move the view to the plane and region where the model is least sure."""
+        from napari.qt.threading import create_worker
+
+        layer = self.image_layer.value
+        if layer is None or not self._prompt_list() or self._busy is not None:
+            return
+        request = self._view_request() or {}
+        request.update(model=self._model_spec(), device=str(self.device.value),
+                       prompts=self._prompt_list(), layer=layer)  # fmt: skip
+        self._busy = create_worker(
+            self._uncertain_work, request,
+            _connect={"returned": self._go_to, "errored": self._on_error,
+                      "finished": self._busy_finished},
+        )  # fmt: skip
+        self.most_uncertain_button.enabled = False
+        self.status.value = "looking for the most uncertain region..."
+
+    def _uncertain_work(self, request: dict) -> Any:
+        from .interactive import scan_uncertainty
+        from .io.source import ImageSource
+
+        layer = request["layer"]
+        base = layer.data[0] if layer.multiscale else layer.data
+        backend = self._backend(request["model"], request["device"])
+        source = ImageSource(base, -1 if layer.rgb else None)
+        return scan_uncertainty(source, request["prompts"], model=backend,
+                                stats=self._image_stats(layer))  # fmt: skip
+
+    def _go_to(self, where: Any) -> None:
+        layer = self.image_layer.value
+        if where is None or layer is None:
+            return
+        spatial = layer.ndim - (1 if layer.rgb else 0)
+        centre = ((where.rows[0] + where.rows[1]) / 2, (where.cols[0] + where.cols[1]) / 2)
+        point = ((where.plane,) if spatial == 3 else ()) + centre
+        world = layer.data_to_world(point + (0,) * (layer.ndim - len(point)))
+        if spatial == 3:
+            self._viewer.dims.set_point(0, float(world[0]))
+        _camera(self._viewer).center = tuple(float(w) for w in world[-2:])
+        edge = (where.rows[1] - where.rows[0]) * float(layer.scale[-1])
+        canvas = min(self._viewer.window._qt_viewer.canvas.size)
+        _camera(self._viewer).zoom = canvas / max(edge * 1.5, 1e-9)
+        plane = f"plane {where.plane}, " if where.plane is not None else ""
+        self.status.value = (
+            f"most uncertain: {plane}rows {where.rows[0]}-{where.rows[1]}, columns "
+            f"{where.cols[0]}-{where.cols[1]} (mean entropy {where.entropy:.2f}); correct here"
+        )
+
+    # --- full runs ------------------------------------------------------------------------
     def _on_run(self) -> None:
         from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
 
         if self._worker is not None:
             return  # one run at a time; Cancel stops the current one
         layer = self.image_layer.value
         if layer is None:
-            show_error("napari-llmseg: choose an image layer to segment")
+            _error("choose an image layer to segment")
             return
         data = layer.data[0] if layer.multiscale else layer.data
-        channel_axis = -1 if layer.rgb else None
         spatial = data.ndim - (1 if layer.rgb else 0)
         out = str(self.save_to.value or "").strip()
-        out_path = Path(out) if out not in ("", ".") else None
-        nbytes = math.prod(data.shape) * np.dtype(data.dtype).itemsize
-        if out_path is None and nbytes > DISK_THRESHOLD_BYTES:
-            folder = Path(tempfile.gettempdir()) / "napari-llmseg"
-            folder.mkdir(exist_ok=True)
-            out_path = folder / f"{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        out_path = Path(out) if out not in ("", ".") else _temporary_store(layer.name)
         try:
             options = SegmentOptions(
                 model=self._model_spec(),
@@ -161,16 +559,21 @@ class SegmentWidget(Container):
                 overlap=float(self.overlap.value),
                 threshold=float(self.threshold.value),
                 device=str(self.device.value),
-                channel_axis=channel_axis,
+                channel_axis=-1 if layer.rgb else None,
                 out=out_path,
+                resume=bool(self.resume_checkbox.value),
+                overwrite=bool(self.overwrite_checkbox.value),
                 instances="instances" in self.output.value,
                 split=bool(self.split.value),
                 min_size=_size_value(str(self.min_size.value)),
                 fill_holes=bool(self.fill_holes.value),
                 smooth=int(self.smooth.value),
+                probabilities="uint8"
+                if {"probabilities", "uncertainty"} & set(self.output.value)
+                else "none",
             )
         except (TypeError, ValueError) as err:
-            show_error(f"napari-llmseg: {err}")
+            _error(str(err))
             return
         units = tuple(str(u) for u in getattr(layer, "units", ())[-spatial:]) or None
         params = {
@@ -180,24 +583,27 @@ class SegmentWidget(Container):
             "units": units,
             "name": layer.name,
         }
+        if self._preview_cancel is not None:
+            self._preview_cancel.set()  # a full run takes the machine
         self._cancel = threading.Event()
+        self._running = True
+        self._live = None
+        self.measurements.value = []
+        self.export_button.enabled = self.report_button.enabled = False
         worker = create_worker(
-            self._work,
-            data,
-            params,
-            self._cancel,
+            self._work, data, params, self._cancel,
             _connect={
-                "yielded": self._on_progress,
+                "yielded": lambda step: self._on_progress(step, layer, options),
                 "returned": lambda r: self._on_done(r, layer),
                 "errored": self._on_error,
                 "finished": self._on_finished,
             },
             _start_thread=False,
-        )
+        )  # fmt: skip
         self._worker = worker
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = "loading model..."
+        self.status.value = f"loading the model; writing to {out_path}"
         worker.start()
 
     def _work(self, data: Any, params: dict, cancel: threading.Event):
@@ -212,9 +618,7 @@ class SegmentWidget(Container):
         physical = {"scale": params["scale"]}
         if params["units"] and not any(u in ("pixel", "px", "") for u in params["units"]):
             physical["units"] = params["units"]
-        source = ImageSource(
-            data, options.channel_axis, name=params["name"], metadata=physical
-        )
+        source = ImageSource(data, options.channel_axis, name=params["name"], metadata=physical)
         backend = self._backend(options.model, options.device)
         options = dataclasses.replace(options, model=backend)
         result = yield from iter_segment(source, params["prompts"], options=options,
@@ -226,13 +630,47 @@ class SegmentWidget(Container):
         text = report(found, ndim=len(result.labels.shape))
         return result, objects if objects is not None else found, text
 
-    def _on_progress(self, step: Any) -> None:
+    def _on_progress(self, step: Any, layer: Any, options: SegmentOptions) -> None:
         from napari.utils import progress
 
-        if self._progress is None:
-            self._progress = progress(total=step.total, desc="napari-llmseg")
+        if not self._running:
+            return  # a step queued before the run ended
+        if self._progress is None or self._progress.desc != step.stage:
+            if self._progress is not None:
+                self._progress.close()
+            self._progress = progress(total=step.total, desc=step.stage)
         self._progress.update(step.done - self._progress.n)
-        self.status.value = f"{step.done} / {step.total} windows"
+        what = "windows" if step.stage == "segment" else "chunks"
+        self.status.value = (
+            f"{step.stage}: {step.done} / {step.total} {what}; writing to {options.out}"
+        )
+        if step.stage == "segment":
+            self._show_live(layer, options)
+
+    def _show_live(self, layer: Any, options: SegmentOptions) -> None:
+        """The store's labels as a layer that fills in while the run goes on."""
+        import zarr
+        from napari.layers import Layer
+
+        from ._layers import labels_layer
+
+        now = time.monotonic()
+        if self._live is None and options.out is not None:
+            try:
+                labels = zarr.open_group(options.out, mode="r")["labels/segmentation/0"]
+            except (KeyError, FileNotFoundError, ValueError):
+                return  # not created yet
+            spatial = len(labels.shape)
+            names = {i + 1: p for i, p in enumerate(self._prompt_list())}
+            data, kwargs, kind = labels_layer(
+                labels, name=f"{layer.name} labels (running)", label_names=names,
+                scale=tuple(layer.scale[-spatial:]), translate=tuple(layer.translate[-spatial:]),
+            )  # fmt: skip
+            self._live = self._viewer.add_layer(Layer.create(data, kwargs, kind))
+            self._last_refresh = now
+        elif self._live is not None and now - self._last_refresh >= REFRESH_SECONDS:
+            self._live.refresh()
+            self._last_refresh = now
 
     def _on_cancel(self) -> None:
         if self._cancel is not None:
@@ -240,15 +678,14 @@ class SegmentWidget(Container):
             self.status.value = "cancelling (finishing the current batch)..."
 
     def _on_error(self, err: Exception) -> None:
-        from napari.utils.notifications import show_error
-
         self.status.value = f"error: {err}"
-        show_error(f"napari-llmseg: {err}")
+        _error(str(err))
 
     def _on_finished(self) -> None:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._running = False
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         self._worker = None
@@ -258,15 +695,21 @@ class SegmentWidget(Container):
         from napari.utils.notifications import show_info
 
         result, found, text = payload
+        self._running = False
         self.last_result = result
         self._report = None
         self.report_button.enabled = result.complete
+        if self._live is not None:  # the final layers (with their pyramids) replace it
+            if self._live in self._viewer.layers:
+                self._viewer.layers.remove(self._live)
+            self._live = None
         if not result.complete:
-            where = (
-                f"; finished chunks are in {result.out} (resume from Python)" if result.out else ""
+            msg = (
+                f"cancelled after {result.info.windows} of {result.info.total} windows; "
+                f"finished chunks are in {result.out}: tick 'resume' and Run to complete them"
             )
-            msg = f"cancelled after {result.info.windows} of {result.info.total} windows{where}"
             self.status.value = msg
+            self.measurements.value = []
             show_info(f"napari-llmseg: {msg}")
             return
         self._add_layers(result, layer)
@@ -274,9 +717,9 @@ class SegmentWidget(Container):
         self._last_image = layer.data[0] if layer.multiscale else layer.data
         self.measurements.value = _table(found)
         self.export_button.enabled = bool(found)
-        where = f" (saved to {result.out})" if result.out else ""
-        self.status.value = text + where
-        show_info(f"napari-llmseg: {text}{where}")
+        notes = "".join(f"\n⚠ {w}" for w in result.warnings)
+        self.status.value = f"{text}\nsaved to {result.out}{notes}"
+        show_info(f"napari-llmseg: {text} (saved to {result.out})")
 
     def _add_layers(self, result: Any, layer: Any) -> None:
         from napari.layers import Layer
@@ -286,45 +729,79 @@ class SegmentWidget(Container):
         spatial = len(result.labels.shape)
         wanted = set(self.output.value) or {"labels"}
         units = getattr(layer, "units", None)
+        uncertain = None
+        if "uncertainty" in wanted and result.probabilities is not None:
+            uncertain = uncertainty(result.probabilities)
         layers = result_layers(
             result, name=layer.name, outputs=wanted,
             scale=tuple(layer.scale[-spatial:]), translate=tuple(layer.translate[-spatial:]),
             units=tuple(str(u) for u in units[-spatial:]) if units is not None else None,
-            uncertainty=uncertainty(result.probabilities) if "uncertainty" in wanted else None,
+            uncertainty=uncertain,
         )  # fmt: skip
         for data, kwargs, kind in layers:
             self._viewer.add_layer(Layer.create(data, kwargs, kind))
 
     def _on_export(self) -> None:
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         from .measure import to_csv
 
         target = str(self.csv_path.value or "").strip()
         if target in ("", ".") or not self._last_measurements:
-            show_error("napari-llmseg: choose a CSV file name (and run a segmentation) first")
+            _error("choose a CSV file name (and run a segmentation) first")
             return
         path = to_csv(self._last_measurements, target)
         show_info(f"napari-llmseg: measurements written to {path}")
 
-
     def _on_report(self) -> None:
         import webbrowser
 
-        from napari.utils.notifications import show_error, show_info
+        from napari.utils.notifications import show_info
 
         result = self.last_result
         if result is None or not result.complete:
-            show_error("napari-llmseg: run a segmentation first")
+            _error("run a segmentation first")
             return
         if self._report is None or not self._report.exists():
             try:
                 self._report = _report_file(result, self._last_image)
             except (OSError, ValueError) as err:
-                show_error(f"napari-llmseg: {err}")
+                _error(str(err))
                 return
         webbrowser.open(self._report.as_uri())
         show_info(f"napari-llmseg: report {self._report}")
+
+
+def _camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def _single_shot(ms: int, slot: Any, parent: Any) -> Any:
+    """A restartable one-shot timer (the debounce of previews and prompt checks), owned by
+    ``parent`` so that it goes with the widget."""
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(ms)
+    timer.timeout.connect(slot)
+    return timer
+
+
+def _error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(f"napari-llmseg: {message}")
+
+
+def _temporary_store(name: str) -> Path:
+    """Where a run without *save to* writes (shown when the run starts)."""
+    folder = Path(tempfile.gettempdir()) / "napari-llmseg"
+    folder.mkdir(exist_ok=True)
+    safe = re.sub(r"[^\w.-]+", "_", name)
+    return folder / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
 
 
 def _report_file(result: Any, image: Any) -> Path:
@@ -349,27 +826,34 @@ def _size_value(text: str) -> float | str:
 
 
 def _table(found: list) -> dict[str, list]:
-    """Columns for the measurements table: per object (instances) or per prompt."""
+    """Columns for the measurements table: per object (instances) or per prompt, sizes in
+    the units users read (mL, ha, km^2...), never in scientific notation."""
+    from .measure import format_number, format_size
 
-    def fmt(v: float | None) -> float | None:
-        return None if v is None else float(f"{v:.4g}")
+    def size(value: float | None, unit: str) -> str:
+        if value is None:
+            return ""
+        return format_number(value) + f" {unit}" if unit in ("px", "voxel") else format_size(
+            value, unit)  # fmt: skip
 
     if found and hasattr(found[0], "centroid"):
         return {
             "id": [o.id for o in found],
             "prompt": [o.prompt for o in found],
-            "size": [fmt(o.size) for o in found],
-            "unit": [o.unit for o in found],
-            "centroid": [", ".join(f"{c:.4g}" for c in o.centroid) for o in found],
-            "mean intensity": [fmt(o.mean_intensity) for o in found],
+            "size": [size(o.size, o.unit) for o in found],
+            "centroid": [", ".join(format_number(c) for c in o.centroid) for o in found],
+            "mean intensity": [
+                "" if o.mean_intensity is None else format_number(o.mean_intensity) for o in found
+            ],
         }
     return {
         "prompt": [m.prompt for m in found],
-        "objects": [m.objects if m.objects is not None else "n/a" for m in found],
-        "size": [fmt(m.size) for m in found],
-        "unit": [m.unit for m in found],
-        "% of image": [round(100 * m.fraction, 2) for m in found],
-        "mean intensity": [fmt(m.mean_intensity) for m in found],
+        "size": [size(m.size, m.unit) for m in found],
+        "% of image": [f"{100 * m.fraction:.2f}" for m in found],
+        "objects": [m.objects if m.objects is not None else "not counted" for m in found],
+        "mean intensity": [
+            "" if m.mean_intensity is None else format_number(m.mean_intensity) for m in found
+        ],
     }
 
 
@@ -379,11 +863,7 @@ def uncertainty(probabilities: Any) -> Any:
     1 where some prompt's probability is 0.5, 0 where every prompt is sure; lazy (dask) for
     zarr-backed results.
     """
-
-    def entropy(p: np.ndarray) -> np.ndarray:
-        p = np.clip(p, 1e-7, 1 - 1e-7)
-        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-        return h.max(axis=0).astype(np.float32)
+    from .interactive import entropy
 
     if isinstance(probabilities, np.ndarray):
         return entropy(probabilities)
@@ -391,3 +871,6 @@ def uncertainty(probabilities: Any) -> Any:
 
     lazy = da.from_array(probabilities, chunks=probabilities.chunks).rechunk({0: -1})
     return lazy.map_blocks(entropy, drop_axis=0, dtype=np.float32)
+
+
+__all__ = ["SegmentWidget", "uncertainty"]

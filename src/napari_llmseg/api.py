@@ -71,6 +71,7 @@ class RunPlan:
     attrs: dict  # provenance and parameters, recorded in the store
     store_path: Path | None  # the zarr store written chunk by chunk
     writing: bool = False  # set once this run has created or resumed its store
+    given_stats: IntensityStats | None = None  # the caller's, instead of computing them
 
     @property
     def model(self) -> Any:
@@ -87,12 +88,18 @@ def iter_segment(
     *,
     options: SegmentOptions | None = None,
     cancel: threading.Event | None = None,
+    stats: IntensityStats | None = None,
     **changes: Any,
 ) -> Generator[Progress, None, SegmentationResult]:
-    """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult."""
+    """Generator form of :func:`segment`: yields Progress, returns the SegmentationResult.
+
+    ``stats``: intensity statistics to normalise with instead of computing them from
+    ``image`` (a preview of part of an image uses the whole image's).
+    """
     opts = SegmentOptions.build(options, **changes)
     with _collect_warnings() as notes:
         job = plan_run(image, check_prompts(prompts), opts)
+    job.given_stats = stats
     lock = StoreLock(job.store_path) if job.store_path is not None else None
     try:
         action = _check_output(job)  # before anything is written
@@ -206,6 +213,7 @@ def segment(
     options: SegmentOptions | None = None,
     progress: Callable[[int, int], Any] | None = None,
     cancel: threading.Event | None = None,
+    stats: IntensityStats | None = None,
     **changes: Any,
 ) -> SegmentationResult:
     """Segment ``image`` by text prompts with overlapping, gaussian-blended windows.
@@ -227,6 +235,9 @@ def segment(
     cancel : threading.Event, optional
         Set it (from another thread) to stop within one batch; finished chunks stay written
         and ``out`` can be resumed.
+    stats : IntensityStats, optional
+        Normalise with these statistics instead of the image's own (e.g. a preview of part
+        of an image with the whole image's; see :mod:`napari_llmseg.interactive`).
     **changes
         Any option of :class:`~napari_llmseg.options.SegmentOptions` (listed below).
 
@@ -248,7 +259,7 @@ def segment(
         if progress is not None and step.stage == "segment":
             progress(step.done, step.total)
 
-    gen = iter_segment(image, prompts, options=options, cancel=cancel, **changes)
+    gen = iter_segment(image, prompts, options=options, cancel=cancel, stats=stats, **changes)
     return drain(gen, report)
 
 
@@ -274,6 +285,7 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     if backend is not None:
         backend.check_channels(source.n_channels)
         _warn_about_bands(source, backend.name)
+        _warn_about_prompts(backend, prompts)
     dims = backend.spatial_dims if backend is not None else 2
     roi = _roi_tuple(opts.roi_size, backend.default_roi if backend is not None else 256, dims)
     shape = source.spatial_shape
@@ -301,6 +313,15 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     attrs = _provenance(source, prompts, opts, model_desc, plan, post)
     store_path = working_store(opts.out) if opts.out is not None else None
     return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path)
+
+
+def _warn_about_prompts(backend: Any, prompts: list[str]) -> None:
+    """Warn (now, and in the result) about prompts far from everything a closed-vocabulary
+    model knows (:mod:`napari_llmseg.backends.knowledge`)."""
+    from .backends.knowledge import prompt_warnings
+
+    for message in prompt_warnings(backend, prompts):
+        warnings.warn(message, UserWarning, stacklevel=5)
 
 
 def _warn_about_bands(source: ImageSource, model: str) -> None:
@@ -520,6 +541,8 @@ def _memory_sink(job: RunPlan) -> MemorySink:
 
 
 def _statistics(job: RunPlan) -> IntensityStats:
+    if job.given_stats is not None:
+        return job.given_stats
     window = job.options.window
     if window is not None:
         level, width = window

@@ -413,6 +413,15 @@ def _models() -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+    print()
+    for name in list_models():  # what each model knows: a closed vocabulary, or any text
+        concepts = model_info(name).concepts
+        what = ", ".join(concepts) if concepts else "open vocabulary (any text prompt)"
+        print(f"{name} knows: {what}")
+    print(
+        "A model folder (--model FOLDER) lists its own concepts in its config.json; a prompt far"
+        " from a model's concepts is warned about."
+    )
     return 0
 
 

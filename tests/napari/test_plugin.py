@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_llmseg import segment
-from napari_llmseg._widget import SegmentWidget, uncertainty
+from napari_llmseg._widget import SegmentWidget, _camera, uncertainty
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.gui
@@ -79,16 +79,20 @@ def test_run_adds_labels_with_names_scale_and_measurements(
     assert labels.get_status((0, 0, 0))  # hovering works
     assert labels.colormap.map(np.array([1]))[0][3] == 1.0  # prompts get visible colours
     assert "nuclei probability" in viewer.layers and "nuclei uncertainty" in viewer.layers
-    np.testing.assert_allclose(
-        np.asarray(viewer.layers["nuclei probability"].data), expected.probabilities[0]
-    )
+    prob = viewer.layers["nuclei probability"]
+    stored = np.asarray(prob.data[0] if prob.multiscale else prob.data)  # uint8: round(p * 255)
+    np.testing.assert_allclose(stored / 255, expected.probabilities[0], atol=0.5 / 255 + 1e-6)
+    assert prob.blending == "translucent" and prob.opacity < 1  # never washes out the scene
+    unsure = viewer.layers["nuclei uncertainty"]
+    assert unsure.blending == "translucent" and unsure.opacity < 1
+    names = [lyr.name for lyr in viewer.layers]
+    assert names.index("nuclei uncertainty") < names.index("nuclei labels")  # under the labels
     # measurements: table and report
     table = widget.measurements.to_dict("list")
-    assert list(table)[:2] == ["prompt", "objects"]
+    assert list(table) == ["prompt", "size", "% of image", "objects", "mean intensity"]
     assert table["prompt"] == ["nuclei", "giraffe"]
     n_voxels = int((expected.labels == 1).sum())
-    assert table["size"][0] == pytest.approx(n_voxels, rel=1e-3)  # no units: sizes in voxels
-    assert table["unit"] == ["voxel", "voxel"]
+    assert table["size"][0] == f"{n_voxels:,} voxel"  # no units: sizes in voxels
     assert table["objects"][1] == 0
     assert any("nuclei: " in m and "objects" in m for _, m in notes)
     widget.csv_path.value = tmp_path / "m.csv"
@@ -118,13 +122,12 @@ def test_open_report_button_writes_and_opens_the_report(
     run_and_wait(qtbot, widget)
     assert widget.report_button.enabled
     widget.report_button.changed.emit(True)
-    # an in-memory result: the report goes to the temporary folder, with the layer's image
+    # a run without "save to" writes to the temporary folder, its report beside the store
     (written,) = (tmp_path / "tmp" / "napari-llmseg").glob("nuclei-*_report.html")
     assert opened == [written.as_uri()]
     text = written.read_text()
     n = int((np.asarray(viewer.layers["nuclei labels"].data) == 1).sum())
     assert f'<td class="num">{n:,}</td>' in text and "µm³" in text
-    assert "labels in their colours over the input" in text  # the thumbnail has the image
     assert any(str(written) in m for _, m in notes)
     widget.report_button.changed.emit(True)  # opening again reuses the file
     assert opened == [written.as_uri()] * 2
@@ -134,7 +137,7 @@ def test_open_report_button_writes_and_opens_the_report(
     widget.report_button.changed.emit(True)
     assert opened[-1] == (tmp_path / "saved_report.html").as_uri()
     assert "saved.zarr" in (tmp_path / "saved_report.html").read_text()
-    assert len(list((tmp_path / "tmp" / "napari-llmseg").iterdir())) == 1
+    assert len(list((tmp_path / "tmp" / "napari-llmseg").glob("*_report.html"))) == 1
 
 
 def test_cancel_stops_and_says_so(qtbot, viewer_and_widget, notes):
@@ -176,8 +179,8 @@ def test_viewer_stays_responsive_during_a_run(qtbot, viewer_and_widget):
     qtbot.waitUntil(
         lambda: widget._progress is not None and widget._progress.n > 0, timeout=60_000
     )
-    center = viewer.camera.center
-    viewer.camera.center = (center[0], center[1] + 10, center[2] + 10)  # pan while it runs
+    center = _camera(viewer).center
+    _camera(viewer).center = (center[0], center[1] + 10, center[2] + 10)  # pan while it runs
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     timer.stop()
     assert sum(ticks) > 5  # the event loop kept running while the worker did
@@ -253,28 +256,38 @@ def test_instances_output_and_per_object_measurements(qtbot, viewer_and_widget, 
     inst = viewer.layers["nuclei instances"]
     np.testing.assert_array_equal(np.asarray(inst.data), expected.instances)
     table = widget.measurements.to_dict("list")
-    assert list(table) == ["id", "prompt", "size", "unit", "centroid", "mean intensity"]
+    assert list(table) == ["id", "prompt", "size", "centroid", "mean intensity"]
     assert table["id"] == list(range(1, expected.instances.max() + 1))
-    assert set(table["unit"]) == {"um^3"} and min(table["size"]) >= 50
+    assert all(s.endswith(" um^3") for s in table["size"])
+    assert min(float(s.split()[0].replace(",", "")) for s in table["size"]) >= 50
     assert "objects" in widget.status.value
 
 
-def test_disk_backed_result_above_threshold(qtbot, viewer_and_widget, monkeypatch, notes):
+def test_runs_write_a_store_shown_at_the_start_and_filling_in(qtbot, viewer_and_widget, notes):
+    """Without *save to*, a run writes to a store in the temporary folder, says where as it
+    starts, and shows its labels while they are written."""
     import zarr
 
-    import napari_llmseg._widget as w
-
-    monkeypatch.setattr(w, "DISK_THRESHOLD_BYTES", 1024)
     viewer, widget = viewer_and_widget
     layer = viewer.add_image(
-        tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[28:30], name="small"
+        tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[20:40], name="small"
     )
     widget.reset_choices()
     widget.image_layer.value = layer
-    run_and_wait(qtbot, widget)
+    widget.roi_size.value = 64  # many windows: the run lasts long enough to be watched
+    seen: list[str] = []
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: "writing to" in widget.status.value, timeout=30_000)
+    seen.append(widget.status.value)
+    qtbot.waitUntil(lambda: any("(running)" in lyr.name for lyr in viewer.layers)
+                    or widget._worker is None, timeout=120_000)  # fmt: skip
+    running = [lyr for lyr in viewer.layers if "(running)" in lyr.name]
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert running, "the result layer appears while the run goes on"
+    assert isinstance(running[0].data, zarr.Array)
+    assert not any("(running)" in lyr.name for lyr in viewer.layers)  # replaced at the end
     labels = viewer.layers["small labels"]
-    assert isinstance(labels.data, zarr.Array)
     store = labels.metadata["store"]
     assert store and store.endswith(".zarr") and "napari-llmseg" in store
+    assert store in seen[0]  # said when the run started, not only at the end
     assert store in widget.status.value
-    assert any(store in m for _, m in notes)

@@ -152,6 +152,12 @@ class PromptSegmenter(ABC):
         unknown)."""
         return []
 
+    def concept_phrasings(self) -> tuple[dict[str, list[str]], list[str]] | None:
+        """For a closed vocabulary: each concept's training phrasings, and the phrasings it
+        was trained to answer with nothing (for :mod:`.knowledge`); None for an open one."""
+        concepts = self.concepts()
+        return ({c: [c] for c in concepts}, []) if concepts else None
+
     def finetune_adapter(self, train_all: bool = False) -> FinetuneAdapter:
         """What fine-tuning needs from this backend (:mod:`napari_llmseg.training.finetune`).
 

@@ -8,6 +8,7 @@ network. Embeddings are the attention-masked mean of the last hidden state, L2-n
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -28,8 +29,19 @@ def minilm_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-@lru_cache(maxsize=1)
+_LOAD_LOCK = threading.RLock()
+
+
 def _load():
+    """The tokenizer and model, loaded once. Behind a lock: a GUI checks prompts on its own
+    thread while a worker thread runs, and transformers' lazy imports are not safe to run
+    from two threads at once (``ImportError: cannot import name 'AutoModel'``)."""
+    with _LOAD_LOCK:
+        return _load_once()
+
+
+@lru_cache(maxsize=1)
+def _load_once():
     import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -46,7 +58,28 @@ def _load():
 
 
 def encode_texts(texts: Sequence[str]) -> np.ndarray:
-    """(N, 384) float32 L2-normalised sentence embeddings of ``texts``."""
+    """(N, 384) float32 L2-normalised sentence embeddings of ``texts``.
+
+    Embeddings are kept (the encoder is frozen): a preview that runs on every pan or zoom
+    encodes its prompts once, not each time.
+    """
+    with _LOAD_LOCK:  # the cache is shared by the GUI thread and workers
+        missing = [t for t in dict.fromkeys(texts) if t not in _CACHE]
+        if missing:
+            for text, row in zip(missing, _encode(missing), strict=True):
+                if len(_CACHE) >= _CACHE_SIZE:
+                    _CACHE.pop(next(iter(_CACHE)))
+                _CACHE[text] = row
+        if not texts:
+            return np.zeros((0, EMBED_DIM), np.float32)
+        return np.stack([_CACHE[t] for t in texts])
+
+
+_CACHE: dict[str, np.ndarray] = {}
+_CACHE_SIZE = 4096
+
+
+def _encode(texts: Sequence[str]) -> np.ndarray:
     tokenizer, model, torch = _load()
     with torch.inference_mode():
         tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")

@@ -289,6 +289,13 @@ class LLMSegTiny(PromptSegmenter):
     def weight_files(self) -> list[Path]:
         return [self.folder / "config.json", self.folder / "model.safetensors"]
 
+    def concept_phrasings(self) -> tuple[dict[str, list[str]], list[str]] | None:
+        prompts = self.config.get("training", {}).get("prompts", {})
+        trained = prompts.get("concepts", {})
+        concepts = {c: list(trained.get(c, {}).get("train", [])) or [c] for c in self.concepts()}
+        negatives = list(prompts.get("negatives", {}).get("train", []))
+        return (concepts, negatives) if concepts else None
+
     def finetune_adapter(self, train_all: bool = False) -> TinyAdapter:
         return TinyAdapter(self, train_all)
 

@@ -1,0 +1,125 @@
+"""The interactive loop in a real napari viewer (Qt under Xvfb): type a prompt, watch the
+preview follow the view, learn what the model does not know, paint corrections, find the most
+uncertain region, then run on the whole image, resume and overwrite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_llmseg import segment
+from napari_llmseg._widget import SegmentWidget
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def loop(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="llmseg")
+    vol = tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[20:40]
+    layer = viewer.add_image(vol, name="nuclei", scale=(2.0, 0.5, 0.5), units=("um",) * 3)
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    return viewer, widget, layer, vol
+
+
+def _wait_preview(qtbot, widget, after=None):
+    qtbot.waitUntil(
+        lambda: widget.last_preview is not None and widget.last_preview is not after
+        and widget._preview_worker is None, timeout=60_000,
+    )  # fmt: skip
+    return widget.last_preview
+
+
+def test_preview_follows_the_prompt_and_the_plane(qtbot, loop):
+    viewer, widget, layer, vol = loop
+    widget.preview_checkbox.value = True
+    first = _wait_preview(qtbot, widget)
+    plane = first.view.plane
+    preview = viewer.layers["nuclei preview"]
+    # what is shown is that plane of a full run, placed on it
+    full = segment(vol, "nuclei").labels
+    (r0, r1), (c0, c1) = first.view.rows, first.view.cols
+    assert preview.data.shape == (1, r1 - r0, c1 - c0)  # what is on screen
+    agree = (preview.data[0] == full[plane, r0:r1, c0:c1]).mean()
+    assert agree > 0.98, agree  # windows at the view's edge see padding, nothing else differs
+    assert tuple(preview.scale[-2:]) == (0.5, 0.5) and preview.scale[0] == 2.0
+    assert preview.translate[0] == pytest.approx(layer.data_to_world((plane, 0, 0))[0])
+    assert "preview of plane" in widget.status.value
+    # another plane: the preview follows
+    viewer.dims.set_current_step(0, plane + 3)
+    second = _wait_preview(qtbot, widget, after=first)
+    assert second.view.plane == plane + 3
+    # another prompt: the preview layer is renamed and recomputed
+    widget.prompts.value = "bone"
+    third = _wait_preview(qtbot, widget, after=second)
+    assert "bone preview" in viewer.layers and "nuclei preview" not in viewer.layers
+    assert third.labels.sum() < second.labels.sum()  # nothing like bone here
+    widget.preview_checkbox.value = False
+
+
+def test_prompts_far_from_what_the_model_knows_are_flagged(qtbot, loop):
+    viewer, widget, layer, vol = loop
+    assert "nuclei" in widget.knows.value and "bone" in widget.knows.value
+    widget.prompts.value = "liver\nnuclei"
+    qtbot.waitUntil(lambda: "liver" in widget.prompt_notes.value, timeout=30_000)
+    assert "'liver' is far from what llmseg-tiny knows" in widget.prompt_notes.value
+    assert "nuclei" not in widget.prompt_notes.value.replace("nuclei, soft", "")
+    widget.prompts.value = "cell nuclei"
+    qtbot.waitUntil(lambda: widget.prompt_notes.value == "", timeout=30_000)
+
+
+def test_corrections_layer_and_most_uncertain(qtbot, loop):
+    viewer, widget, layer, vol = loop
+    widget.corrections_button.changed.emit(True)
+    corrections = viewer.layers["corrections"]
+    assert corrections.data.shape == vol.shape and corrections.data.dtype == np.uint8
+    assert viewer.layers.selection.active is corrections and corrections.mode == "paint"
+    assert corrections.selected_label == 1
+    assert tuple(corrections.scale) == tuple(layer.scale)
+    widget.most_uncertain_button.changed.emit(True)
+    qtbot.waitUntil(lambda: "most uncertain:" in widget.status.value, timeout=60_000)
+    plane = int(viewer.dims.current_step[0])
+    assert 0 <= plane < vol.shape[0]
+    assert "mean entropy" in widget.status.value
+
+
+def test_output_choices_are_independent_and_runs_resume_or_overwrite(qtbot, loop, tmp_path):
+    viewer, widget, layer, vol = loop
+    widget.output.value = ["labels"]
+    widget.output.boxes["instances"].value = True  # a click adds, it does not replace
+    assert widget.output.value == ["labels", "instances"]
+    widget.output.value = ["labels"]
+    widget.save_to.value = tmp_path / "r.zarr"
+    widget.roi_size.value = 64
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._progress is not None and widget._progress.n > 0,
+                    timeout=60_000)  # fmt: skip
+    widget.cancel_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert not widget.last_result.complete
+    assert "tick 'resume' and Run" in widget.status.value
+    assert widget.measurements.to_dict("list") == {}  # no stale table after a cancel
+    widget.run_button.changed.emit(True)  # without resume or overwrite: refused, said why
+    qtbot.waitUntil(lambda: widget._worker is None and "already exists" in widget.status.value,
+                    timeout=30_000)  # fmt: skip
+    widget.resume_checkbox.value = True
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.last_result.complete,
+                    timeout=120_000)  # fmt: skip
+    resumed = np.asarray(viewer.layers["nuclei labels"].data)
+    assert resumed.shape == vol.shape
+    full = segment(vol, "nuclei", roi_size=64).labels
+    np.testing.assert_array_equal(resumed, full)
+    labels = viewer.layers["nuclei labels"]
+    assert tuple(str(u) for u in labels.units) == ("micrometer",) * 3  # the image's units
+    widget.resume_checkbox.value = False
+    widget.overwrite_checkbox.value = True
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.last_result.complete,
+                    timeout=120_000)  # fmt: skip
+    assert widget.last_result.info.windows == widget.last_result.info.total  # all again

@@ -57,7 +57,10 @@ def _cancel_after(n: int) -> tuple[threading.Event, object]:
 
 
 # --- 1. overwrite replaces only what this package wrote -----------------------------------
-def test_train_overwrite_never_deletes_the_users_project_folder(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "method", [["--method", "teach"], ["--method", "finetune", "--epochs", "1"]]
+)
+def test_train_overwrite_never_deletes_the_users_project_folder(tmp_path, capsys, method):
     proj = tmp_path / "proj"
     proj.mkdir()
     rng = np.random.default_rng(0)
@@ -77,8 +80,7 @@ def test_train_overwrite_never_deletes_the_users_project_folder(tmp_path, capsys
             "nuclei",
             "--out",
             str(proj),
-            "--epochs",
-            "1",
+            *method,
             "--overwrite",
         ]
     )
@@ -101,8 +103,7 @@ def test_train_overwrite_never_deletes_the_users_project_folder(tmp_path, capsys
             "nuclei",
             "--out",
             str(other),
-            "--epochs",
-            "1",
+            *method,
             "--overwrite",
         ]
     )
@@ -675,13 +676,13 @@ def test_read_only_and_full_file_systems_give_one_line(small_fs, tmp_path, capsy
     before = digest(src)
     ro = small_fs("ro", "size=1m,ro")
     code = main(
-        ["segment", str(src), "-p", "a", "-o", str(ro / "o.zarr"), "--roi", "32", "--quiet"]
+        ["segment", str(src), "-p", "nuclei", "-o", str(ro / "o.zarr"), "--roi", "32", "--quiet"]
     )
     err = capsys.readouterr().err
     assert code == 2 and "Read-only file system" in err and len(err.strip().splitlines()) == 1
     full = small_fs("full", "size=48k")
     code = main(
-        ["segment", str(src), "-p", "a", "-o", str(full / "o.zarr"), "--roi", "32", "--quiet"]
+        ["segment", str(src), "-p", "nuclei", "-o", str(full / "o.zarr"), "--roi", "32", "--quiet"]
     )
     err = capsys.readouterr().err
     assert code == 2 and "No space left on device" in err, err

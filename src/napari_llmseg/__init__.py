@@ -22,6 +22,7 @@ __all__ = [
     "list_models",
     "open_image",
     "segment",
+    "teach",
 ]
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .io.open import open_image
     from .options import SegmentOptions
     from .results import SegmentationResult
+    from .training.teach import teach
 
 _LAZY = {
     "segment": ".api",
@@ -39,6 +41,7 @@ _LAZY = {
     "get_model": ".backends.registry",
     "list_models": ".backends.registry",
     "open_image": ".io.open",
+    "teach": ".training.teach",
 }
 
 

@@ -98,7 +98,9 @@ class SegmentWidget(Container):
         self._viewer = viewer
         self.image_layer = create_widget(annotation="napari.layers.Image", label="image")
         self.prompts = TextEdit(value="nuclei", label="prompts\n(one per line)")
-        self.model = ComboBox(choices=list_models(), value=DEFAULT_MODEL, label="model")
+        # a taught model comes from Teach or a folder, not from this list
+        names = [n for n in list_models() if n != "llmseg-taught"]
+        self.model = ComboBox(choices=names, value=DEFAULT_MODEL, label="model")
         self.model_folder = FileEdit(mode="d", label="or model folder", value="")
         self.knows = Label(value="", label="knows")
         self.prompt_notes = Label(value="")
@@ -302,7 +304,7 @@ class SegmentWidget(Container):
         plane = None
         if spatial == 3:
             point = layer.world_to_data(self._viewer.dims.point)
-            plane = int(round(float(point[0])))
+            plane = round(float(point[0]))
             if layer.multiscale:
                 plane = int(plane // np.asarray(layer.downsample_factors[level])[0])
         view = View(plane, (int(corners[0, 0]), int(corners[1, 0]) + 1),
@@ -449,6 +451,7 @@ class SegmentWidget(Container):
         request = {
             "image": base, "corrections": np.asarray(corrections.data), "prompt": prompts[0],
             "rgb": bool(layer.rgb), "model": self._model_spec(), "device": str(self.device.value),
+            "layer": layer, "roi": int(self.roi_size.value),
         }  # fmt: skip
         self._busy = create_worker(
             self._teach_work, request, self._cancel,
@@ -466,6 +469,8 @@ class SegmentWidget(Container):
         taught = yield from iter_teach(
             request["image"], request["corrections"], request["prompt"], base=base,
             channel_axis=-1 if request["rgb"] else None, cancel=cancel,
+            stats=self._image_stats(request["layer"]),
+            roi_size=request["roi"], previous=self.taught,
         )  # fmt: skip
         return taught
 

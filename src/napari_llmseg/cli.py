@@ -202,24 +202,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "train",
-        help="fine-tune a model on your labels, or train llmseg-tiny from a config",
-        description="Fine-tune a model so that PROMPT segments what LABELS marks in IMAGE "
-        "(only the text-conditioning and decoder parameters train; the vision encoder stays "
-        "frozen), with early stopping on a validation split of the labelled planes; or, with "
-        "--config, train llmseg-tiny from scratch on the datasets the config names.",
+        help="teach a model your concept from labels or corrections, or train llmseg-tiny",
+        description="Teach llmseg-tiny what PROMPT means from LABELS (nonzero = the concept, "
+        "on the labelled planes) or CORRECTIONS (1 = the concept, 2 = not, 0 = unknown), in "
+        "seconds, as the widget's Teach button does (--method teach, the default); or "
+        "fine-tune the model's decoder with early stopping (--method finetune, minutes); or, "
+        "with --config, train llmseg-tiny from scratch on the datasets the config names.",
         epilog="examples: napari-llmseg train --image t1.nii.gz --labels cb.nii.gz --prompt "
-        "cerebellum --slices 30:35 --out cerebellum-model | napari-llmseg train --config "
-        "configs/llmseg-tiny.json --out my-tiny",
+        "cerebellum --slices 30:35 --out cerebellum-model | napari-llmseg train --image ct.nii.gz "
+        "--corrections painted.nii.gz --prompt spleen --out spleen-model | napari-llmseg train "
+        "--config configs/llmseg-tiny.json --out my-tiny",
     )
     tr.add_argument("--image", help="image to learn from (any format segment reads)")
     tr.add_argument("--labels", help="labels of the same spatial shape; nonzero = the concept")
+    tr.add_argument(
+        "--corrections", help="painted corrections of the same shape: 1 concept, 2 not, 0 unknown"
+    )
+    tr.add_argument(
+        "--method", choices=("teach", "finetune"), default="teach",
+        help="teach (default: seconds, a classifier on the frozen model's features) or "
+        "finetune (minutes: the decoder trains)",
+    )  # fmt: skip
+    tr.add_argument("--seconds", type=float, default=None, help="teach: time budget")
     tr.add_argument("--prompt", help="the name the concept will answer to")
     tr.add_argument(
         "--base", default="llmseg-tiny", help="llmseg-tiny (default), clipseg, or a model folder"
     )
     tr.add_argument("--out", required=True, help="folder to write the model to")
-    tr.add_argument("--epochs", type=int, default=30, help="at most this many epochs (30)")
-    tr.add_argument("--patience", type=int, default=6, help="early-stopping patience (6)")
+    tr.add_argument("--epochs", type=int, default=None, help="finetune: most epochs (30)")
+    tr.add_argument("--patience", type=int, default=None, help="finetune: patience (6)")
     tr.add_argument("--slices", help="planes z0:z1 of a volume to train on (default: labelled)")
     tr.add_argument("--lr", type=float, default=None, help="learning rate")
     tr.add_argument("--channel-axis", type=int, default=None, help="axis holding channels")
@@ -245,6 +256,10 @@ def _train(args: argparse.Namespace) -> int:
 
         train_from_config(args.config, Path(args.out), steps=args.steps, overwrite=args.overwrite)
         return 0
+    if args.method == "teach":
+        return _teach(args)
+    if args.corrections:
+        raise ValueError("--corrections is for --method teach; fine-tuning takes --labels")
     missing = [f"--{n}" for n in ("image", "labels", "prompt") if not getattr(args, n)]
     if missing:
         raise ValueError(
@@ -272,8 +287,8 @@ def _train(args: argparse.Namespace) -> int:
             args.prompt,
             out=args.out,
             base=args.base,
-            epochs=args.epochs,
-            patience=args.patience,
+            epochs=30 if args.epochs is None else args.epochs,
+            patience=6 if args.patience is None else args.patience,
             slices=args.slices,
             lr=args.lr,
             channel_axis=args.channel_axis,
@@ -291,6 +306,69 @@ def _train(args: argparse.Namespace) -> int:
         f"(epoch {result.best_epoch} of {result.epochs_run}; {result.trainable_parameters:,} of "
         f"{result.total_parameters:,} parameters trained; {result.seconds:.0f} s)"
     )
+    return 0
+
+
+def _teach(args: argparse.Namespace) -> int:
+    """``napari-llmseg train --method teach``: :func:`napari_llmseg.teach` on the labels or
+    corrections."""
+    given = ("epochs", "patience", "lr")
+    finetune_only = [f"--{n}" for n in given if getattr(args, n) is not None]
+    finetune_only += ["--train-all"] if args.train_all else []
+    if finetune_only:
+        raise ValueError(f"{', '.join(finetune_only)} apply to --method finetune, not teach")
+    if bool(args.labels) == bool(args.corrections):
+        raise ValueError("teaching needs --labels or --corrections (one of them)")
+    missing = [f"--{n}" for n in ("image", "prompt") if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"teaching needs {', '.join(missing)}")
+    import numpy as np
+    from tqdm import tqdm
+
+    from .io.open import open_image
+    from .training.finetune import parse_slices
+    from .training.folders import check_output_folder
+    from .training.teach import labels_to_corrections, teach
+
+    marks_path = args.labels or args.corrections
+    check_output_folder(Path(args.out), args.overwrite, [args.image, marks_path])
+    marks = open_image(marks_path)
+    if marks.n_channels != 1:
+        raise ValueError(f"labels must have one channel, '{marks.name}' has {marks.n_channels}")
+    painted = np.asarray(marks.read(tuple(slice(None) for _ in marks.spatial_shape)))[..., 0]
+    if args.labels:
+        if np.dtype(painted.dtype).kind not in "biu":
+            raise ValueError(f"--labels must hold integer labels, '{args.labels}' holds "
+                             f"{painted.dtype}")  # fmt: skip
+        planes = None
+        if args.slices:
+            chosen = parse_slices(args.slices, painted.shape[0] if painted.ndim == 3 else 1)
+            planes = list(chosen) if chosen is not None else None
+        painted = labels_to_corrections(painted, planes)
+    elif args.slices:
+        raise ValueError("--slices chooses labelled planes; corrections say where they apply")
+    bar = None if args.quiet else tqdm(total=None, unit="step", desc="teaching")
+
+    def progress(step: Any) -> None:
+        if bar is not None:
+            bar.set_description(f"teaching: {step.stage}")
+            bar.total = step.total
+            bar.n = step.done
+            bar.refresh()
+
+    try:
+        model = teach(
+            args.image, painted, args.prompt, base=args.base, out=args.out,
+            overwrite=args.overwrite, seconds=args.seconds, channel_axis=args.channel_axis,
+            device=args.device, progress=progress,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{args.out}")
+    if model is None:  # cancelled (SIGINT)
+        return 130
+    print(f"{args.prompt}: taught from {model.summary()}")
     return 0
 
 
@@ -415,8 +493,10 @@ def _models() -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     print()
     for name in list_models():  # what each model knows: a closed vocabulary, or any text
-        concepts = model_info(name).concepts
-        what = ", ".join(concepts) if concepts else "open vocabulary (any text prompt)"
+        info = model_info(name)
+        what = ", ".join(info.concepts) if info.concepts else "open vocabulary (any text prompt)"
+        if info.default_id == "FOLDER":  # a model that exists only as a folder
+            what = "what its folder's config.json lists under concepts"
         print(f"{name} knows: {what}")
     print(
         "A model folder (--model FOLDER) lists its own concepts in its config.json; a prompt far"

@@ -65,7 +65,8 @@ class Preview:
     @property
     def translate(self) -> tuple[float, float]:
         # pixel centres: a strided pixel stands for `stride` pixels from its first one
-        return (self.view.rows[0] + (self.stride - 1) / 2, self.view.cols[0] + (self.stride - 1) / 2)
+        half = (self.stride - 1) / 2
+        return (self.view.rows[0] + half, self.view.cols[0] + half)
 
 
 def image_stats(image: Any, channel_axis: int | None = None) -> IntensityStats:

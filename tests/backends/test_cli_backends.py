@@ -30,11 +30,13 @@ def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
     assert header[:2] == ["name", "default"] and "instances" in header
-    rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    table = lines[1 : lines.index("")]
+    rows = {line.split()[0]: line.split()[1:4] for line in table}
     assert rows == {
         "llmseg-tiny": ["embedded", "no", "yes"],
         "clipseg": [CLIPSEG_ID, "no", "yes"],
         "sam3": ["facebook/sam3", "yes", "no"],
+        "llmseg-taught": ["FOLDER", "no", "yes"],
         "grounded-sam": ["IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base", "yes", "no"],
     }
 

@@ -63,7 +63,7 @@ def test_preview_follows_the_prompt_and_the_plane(qtbot, loop):
 
 
 def test_prompts_far_from_what_the_model_knows_are_flagged(qtbot, loop):
-    viewer, widget, layer, vol = loop
+    _viewer, widget, _layer, _vol = loop
     assert "nuclei" in widget.knows.value and "bone" in widget.knows.value
     widget.prompts.value = "liver\nnuclei"
     qtbot.waitUntil(lambda: "liver" in widget.prompt_notes.value, timeout=30_000)
@@ -89,7 +89,7 @@ def test_corrections_layer_and_most_uncertain(qtbot, loop):
 
 
 def test_output_choices_are_independent_and_runs_resume_or_overwrite(qtbot, loop, tmp_path):
-    viewer, widget, layer, vol = loop
+    viewer, widget, _layer, vol = loop
     widget.output.value = ["labels"]
     widget.output.boxes["instances"].value = True  # a click adds, it does not replace
     assert widget.output.value == ["labels", "instances"]
@@ -123,3 +123,55 @@ def test_output_choices_are_independent_and_runs_resume_or_overwrite(qtbot, loop
     qtbot.waitUntil(lambda: widget._worker is None and widget.last_result.complete,
                     timeout=120_000)  # fmt: skip
     assert widget.last_result.info.windows == widget.last_result.info.total  # all again
+
+
+def test_paint_teach_preview_then_run_with_the_taught_model(qtbot, loop):
+    """A concept the model does not know ("bright blobs": the brightest tenth of the nuclei
+    volume, smoothed): paint it on one plane, teach, watch the preview, run everywhere, then
+    paint a second plane and teach again."""
+    from scipy import ndimage as ndi
+
+    viewer, widget, _layer, vol = loop
+    smooth = ndi.gaussian_filter(vol.astype(np.float32), (0, 1.5, 1.5))
+    truth = smooth > np.percentile(smooth, 90)
+    widget.prompts.value = "bright blobs"
+    widget.corrections_button.changed.emit(True)
+    corrections = viewer.layers["corrections"]
+    painted = np.zeros(vol.shape, np.uint8)
+    painted[5][ndi.binary_erosion(truth[5], iterations=1)] = 1
+    painted[5][~ndi.binary_dilation(truth[5], iterations=3)] = 2
+    corrections.data = painted  # what painting with labels 1 and 2 leaves in the layer
+    widget.preview_checkbox.value = True
+    before = _wait_preview(qtbot, widget)
+    widget.teach_button.changed.emit(True)
+    assert not widget.teach_button.enabled  # one teaching at a time
+    qtbot.waitUntil(lambda: "taught 'bright blobs'" in widget.status.value, timeout=120_000)
+    assert widget.model.value == "bright blobs (taught)"
+    assert widget.taught.record["planes"] == [5]
+    assert widget.taught.record["concept_pixels"] == int((painted == 1).sum())
+    assert "bright blobs" in widget.knows.value
+    after = _wait_preview(qtbot, widget, after=before)  # the preview follows the taught model
+    plane = after.view.plane
+    (r0, r1), (c0, c1) = after.view.rows, after.view.cols
+    shown = viewer.layers["bright blobs preview"].data[0] > 0
+    agree = (shown == truth[plane, r0:r1, c0:c1]).mean()
+    assert agree > 0.9, agree
+    widget.preview_checkbox.value = False
+    # the whole volume with the taught model
+    widget.output.value = ["labels"]
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.last_result is not None
+                    and widget.last_result.complete, timeout=180_000)  # fmt: skip
+    labels = np.asarray(viewer.layers["nuclei labels"].data) > 0
+    others = [z for z in range(vol.shape[0]) if z != 5]
+    inter = (labels[others] & truth[others]).sum()
+    assert 2 * inter / (labels[others].sum() + truth[others].sum()) > 0.8
+    assert widget.last_result.metadata["model"]["name"] == "llmseg-taught"
+    # a second round: one more plane; it builds on the first
+    painted[12][ndi.binary_erosion(truth[12], iterations=1)] = 1
+    painted[12][~ndi.binary_dilation(truth[12], iterations=3)] = 2
+    corrections.data = painted
+    widget.teach_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._busy is None and widget.taught.record["rounds"] == 2,
+                    timeout=120_000)  # fmt: skip
+    assert widget.taught.record["planes"] == [5, 12]

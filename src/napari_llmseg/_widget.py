@@ -381,7 +381,7 @@ class SegmentWidget(Container):
         names = {i + 1: p for i, p in enumerate(prompts)}
         data, kwargs, kind = labels_layer(labels, name=name, label_names=names)
         kwargs.update(scale=(*lead_scale, *pixel), translate=(*lead_translate, *translate),
-                      opacity=0.6)  # fmt: skip
+                      opacity=0.6, units=_units(image, labels.ndim))  # fmt: skip
         old = [lyr for lyr in self._viewer.layers if lyr.name.endswith(" preview")]
         if old and old[0].name == name and old[0].data.shape == data.shape:
             layer = old[0]
@@ -428,6 +428,7 @@ class SegmentWidget(Container):
         layer = self._viewer.add_labels(
             np.zeros(shape, np.uint8), name=CORRECTIONS, scale=image.scale[-len(shape):],
             translate=image.translate[-len(shape):], opacity=0.8, colormap=CORRECTION_COLORS,
+            units=_units(image, len(shape)),
             features={"index": [0, 1, 2], "correction": ["unknown", "concept", "not concept"]},
         )  # fmt: skip
         return layer
@@ -775,6 +776,13 @@ class SegmentWidget(Container):
                 return
         webbrowser.open(self._report.as_uri())
         show_info(f"napari-llmseg: report {self._report}")
+
+
+def _units(layer: Any, ndim: int) -> tuple[str, ...] | None:
+    """The last ``ndim`` units of ``layer`` (a layer made beside it must share them, or
+    napari warns "Inconsistent units across layers")."""
+    units = getattr(layer, "units", None)
+    return tuple(str(u) for u in units[-ndim:]) if units is not None else None
 
 
 def _camera(viewer: Any) -> Any:

@@ -69,12 +69,12 @@ def wait(app, condition, timeout: float = 300.0) -> None:
 
 
 def main() -> None:
-    import napari
     import tifffile
     import torch
     from qtpy.QtWidgets import QApplication
     from scipy import ndimage as ndi
 
+    import napari
     from napari_llmseg._widget import PREVIEW_DELAY_MS, SegmentWidget, _camera
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,7 +117,8 @@ def main() -> None:
     widget.corrections_button.changed.emit(True)
     painted = np.zeros(vol.shape, np.uint8)
     painted[plane][ndi.binary_erosion(truth, iterations=2)] = 1
-    painted[plane][ndi.binary_dilation(truth, iterations=6) & ~ndi.binary_dilation(truth, iterations=3)] = 2
+    ring = ndi.binary_dilation(truth, iterations=6) & ~ndi.binary_dilation(truth, iterations=3)
+    painted[plane][ring] = 2
     viewer.layers["corrections"].data = painted
     wait(app, lambda: widget._preview_worker is None and not widget._preview_timer.isActive())
     before = widget.last_preview

@@ -45,6 +45,9 @@ RESUME_KEYS = (
     "overlap",
     "batch_size",
     "blend",
+    "sigma_scale",
+    "cval",
+    "output_key",
     "threshold",
     "chunks",
     "channel_axis",
@@ -53,6 +56,8 @@ RESUME_KEYS = (
     "instances",
     "postprocess",
 )
+#: Values of resume keys that stores written before the key existed were run with.
+RESUME_DEFAULTS = {"sigma_scale": 0.125, "cval": None, "output_key": None}
 
 
 def _is_our_store(path: Path) -> bool:
@@ -168,6 +173,8 @@ class OutputStore:
         group = zarr.open_group(out, mode="r+")
         stored: dict[str, Any] = dict(group.attrs[ATTR_KEY])  # type: ignore[arg-type]
         for key in RESUME_KEYS:
+            if key not in stored and key in RESUME_DEFAULTS:
+                stored[key] = RESUME_DEFAULTS[key]
             if _jsonish(stored.get(key)) != _jsonish(attrs.get(key)):
                 raise ValueError(
                     f"cannot resume into '{out}': it was started with {key}="

@@ -147,3 +147,16 @@ def test_memory_figures(monkeypatch):
     monkeypatch.setattr(memory, "_meminfo_available", lambda: 5 * 2**30)
     monkeypatch.setattr(memory, "_cgroup_available", lambda: 3 * 2**30)
     assert memory.available_memory() == 3 * 2**30
+
+
+def test_cgroup_limit_counts_inactive_page_cache_as_available(tmp_path):
+    assert memory._cgroup_available(tmp_path) is None  # no cgroup files: no limit known
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert memory._cgroup_available(tmp_path) is None  # no limit
+    (tmp_path / "memory.max").write_text("5000\n")
+    assert memory._cgroup_available(tmp_path) == 4000
+    (tmp_path / "memory.stat").write_text("anon 600\nfile 400\ninactive_file 300\n")
+    assert memory._cgroup_available(tmp_path) == 4300
+    (tmp_path / "memory.current").write_text("9000\n")
+    assert memory._cgroup_available(tmp_path) == 0

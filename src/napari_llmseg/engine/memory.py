@@ -27,16 +27,27 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def _cgroup_available() -> int | None:
-    """Room left under a cgroup v2 memory limit (containers, batch schedulers), if any."""
-    root = Path("/sys/fs/cgroup")
+def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Room left under a cgroup v2 memory limit (containers, batch schedulers), if any.
+
+    The cgroup's usage counts the page cache too; its inactive part is given back on demand,
+    so it counts as available (as Kubernetes' working set does).
+    """
     try:
         limit = (root / "memory.max").read_text().strip()
         if limit == "max":
             return None
-        return max(int(limit) - int((root / "memory.current").read_text().strip()), 0)
+        used = int((root / "memory.current").read_text().strip())
     except (OSError, ValueError):
         return None
+    cache = 0
+    try:
+        for line in (root / "memory.stat").read_text().splitlines():
+            if line.startswith("inactive_file "):
+                cache = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return max(int(limit) - used + cache, 0)
 
 
 def available_memory() -> int | None:

@@ -501,11 +501,15 @@ CASES: dict[str, tuple] = {
         [],
         "empty spatial axis",
     ),
-    "roi 1e9": (None, ["--roi", "1000000000"], "needs at least"),
+    "roi 1e9": (None, ["--roi", "1000000000"], "not enough memory for these windows"),
     "chunks 0": (None, ["--chunks", "0"], "chunks must be an integer >= 16"),
     "chunks -1": (None, ["--chunks", "-1"], "chunks must be an integer >= 16"),
     "overlap 1.5": (None, ["--overlap", "1.5"], "overlap must be in [0.0, 1.0)"),
-    "overlap text": (None, ["--overlap", "lots"], "expected a number, got 'lots'"),
+    "overlap text": (
+        None,
+        ["--overlap", "lots"],
+        "overlap must be a number or one per window axis, got 'lots'",
+    ),
     "threshold 2": (None, ["--threshold", "2"], "threshold must be in [0.0, 1.0]"),
     "batch 0": (None, ["--batch", "0"], "batch_size must be a positive integer"),
     "device tpu": (None, ["--device", "tpu"], "unknown device 'tpu'"),
@@ -675,13 +679,13 @@ def test_read_only_and_full_file_systems_give_one_line(small_fs, tmp_path, capsy
     before = digest(src)
     ro = small_fs("ro", "size=1m,ro")
     code = main(
-        ["segment", str(src), "-p", "a", "-o", str(ro / "o.zarr"), "--roi", "32", "--quiet"]
+        ["segment", str(src), "-p", "nuclei", "-o", str(ro / "o.zarr"), "--roi", "32", "--quiet"]
     )
     err = capsys.readouterr().err
     assert code == 2 and "Read-only file system" in err and len(err.strip().splitlines()) == 1
     full = small_fs("full", "size=48k")
     code = main(
-        ["segment", str(src), "-p", "a", "-o", str(full / "o.zarr"), "--roi", "32", "--quiet"]
+        ["segment", str(src), "-p", "nuclei", "-o", str(full / "o.zarr"), "--roi", "32", "--quiet"]
     )
     err = capsys.readouterr().err
     assert code == 2 and "No space left on device" in err, err

@@ -44,6 +44,27 @@ def _size(text: str) -> float | str:
         return text
 
 
+def _ints(text: str) -> int | tuple[int | None, ...] | str:
+    """``"96"`` -> 96, ``"96,96,-1"`` -> (96, 96, -1); anything else is left for
+    SegmentOptions to refuse with its own message (exit 2)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [None if p.lower() == "none" else int(p) for p in parts]
+    except ValueError:
+        return text
+    return values[0] if len(values) == 1 and values[0] is not None else tuple(values)
+
+
+def _floats(text: str) -> float | tuple[float, ...] | str:
+    """``"0.5"`` -> 0.5, ``"0.5,0.25"`` -> (0.5, 0.25); anything else is left for
+    SegmentOptions to refuse."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        return text
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def _probability(text: str) -> float:
     try:
         return float(text)
@@ -111,13 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
         "or a model folder; see `napari-llmseg models`",
     )
     seg.add_argument(
-        "--roi", type=int, default=None, help="window size in pixels (default: the model's)"
+        "--roi",
+        type=_ints,
+        default=None,
+        help="window size in pixels (default: the model's): N, or one size per window axis "
+        "such as 96,96,96 for 3D windows over a volume (-1: the image's extent)",
     )
     seg.add_argument(
         "--overlap",
-        type=_probability,
+        type=_floats,
         default=0.25,
-        help="window overlap in [0, 1) (default 0.25)",
+        help="window overlap in [0, 1), one value or one per window axis (default 0.25)",
+    )
+    seg.add_argument(
+        "--sigma-scale",
+        type=_floats,
+        default=0.125,
+        help="gaussian blending: sigma as a fraction of the window, one value or one per axis "
+        "(default 0.125)",
+    )
+    seg.add_argument(
+        "--cval",
+        type=float,
+        default=None,
+        help="raw value of pixels outside the image (default: the model's own)",
     )
     seg.add_argument("--batch", type=int, default=4, help="windows per model call (default 4)")
     seg.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
@@ -134,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunks",
         type=int,
         default=None,
-        help="output chunk edge (default 512 for 2D windows, 256 for 3D)",
+        help="output chunk edge along the window axes (default 512 x 512 for 2D windows, "
+        "32 x 256 x 256 for 3D)",
     )
     seg.add_argument(
         "--bands",
@@ -304,6 +343,8 @@ def segment_options(args: argparse.Namespace) -> SegmentOptions:
         overlap=args.overlap,
         batch_size=args.batch,
         blend=args.blend,
+        sigma_scale=args.sigma_scale,
+        cval=args.cval,
         threshold=args.threshold,
         device=args.device,
         channel_axis=args.channel_axis,

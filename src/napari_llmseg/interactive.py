@@ -65,7 +65,10 @@ class Preview:
     @property
     def translate(self) -> tuple[float, float]:
         # pixel centres: a strided pixel stands for `stride` pixels from its first one
-        return (self.view.rows[0] + (self.stride - 1) / 2, self.view.cols[0] + (self.stride - 1) / 2)
+        return (
+            self.view.rows[0] + (self.stride - 1) / 2,
+            self.view.cols[0] + (self.stride - 1) / 2,
+        )
 
 
 def image_stats(image: Any, channel_axis: int | None = None) -> IntensityStats:

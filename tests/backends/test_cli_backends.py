@@ -30,7 +30,8 @@ def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
     assert header[:2] == ["name", "default"] and "instances" in header
-    rows = {line.split()[0]: line.split()[1:4] for line in lines[1:]}
+    table = lines[1 : lines.index("")]  # then what each model knows
+    rows = {line.split()[0]: line.split()[1:4] for line in table}
     assert rows == {
         "llmseg-tiny": ["embedded", "no", "yes"],
         "clipseg": [CLIPSEG_ID, "no", "yes"],

@@ -63,7 +63,7 @@ def test_preview_follows_the_prompt_and_the_plane(qtbot, loop):
 
 
 def test_prompts_far_from_what_the_model_knows_are_flagged(qtbot, loop):
-    viewer, widget, layer, vol = loop
+    _viewer, widget, _layer, _vol = loop
     assert "nuclei" in widget.knows.value and "bone" in widget.knows.value
     widget.prompts.value = "liver\nnuclei"
     qtbot.waitUntil(lambda: "liver" in widget.prompt_notes.value, timeout=30_000)
@@ -89,7 +89,7 @@ def test_corrections_layer_and_most_uncertain(qtbot, loop):
 
 
 def test_output_choices_are_independent_and_runs_resume_or_overwrite(qtbot, loop, tmp_path):
-    viewer, widget, layer, vol = loop
+    viewer, widget, _layer, vol = loop
     widget.output.value = ["labels"]
     widget.output.boxes["instances"].value = True  # a click adds, it does not replace
     assert widget.output.value == ["labels", "instances"]

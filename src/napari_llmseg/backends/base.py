@@ -85,7 +85,8 @@ class PromptSegmenter(ABC):
     name : str
         Registry name (``"llmseg-tiny"``, ``"clipseg"``...).
     spatial_dims : int
-        Number of axes a window has (2 for image models; a 3D input runs plane by plane).
+        Number of axes a window has: 2 for image models (a volume runs plane by plane), 3 for
+        volumetric ones (3D windows over a volume; ``roi_size`` then takes 3 entries).
     default_roi : int
         Window edge used when the caller gives no ``roi_size``.
     gives_instances : bool

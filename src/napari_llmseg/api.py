@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .backends.classes import match_classes
 from .engine.fingerprint import input_fingerprint, model_fingerprint
 from .engine.lock import StoreLock
 from .engine.memory import check_memory
@@ -74,6 +75,13 @@ class RunPlan:
     store_path: Path | None  # the zarr store written chunk by chunk
     writing: bool = False  # set once this run has created or resumed its store
     given_stats: IntensityStats | None = None  # the caller's, instead of computing them
+    class_names: dict[int, str] | None = None  # a model with one output channel per class
+    matches: list[Any] | None = None  # ClassMatch per prompt, for such a model
+
+    @property
+    def classes(self) -> list[tuple[int, ...]] | None:
+        """The output channels each prompt means, for a model with named classes."""
+        return None if self.matches is None else [m.channels for m in self.matches]
 
     @property
     def model(self) -> Any:
@@ -130,7 +138,8 @@ def _run(
     sink = store if store is not None else _memory_sink(job)
     predictor = make_predictor(
         job.model, job.prompts, stats=stats, n_channels=job.source.n_channels,
-        device=job.device, cval=opts.cval, output_key=opts.output_key,
+        device=job.device, cval=opts.cval, output_key=opts.output_key, classes=job.classes,
+        class_names=job.class_names,
     )  # fmt: skip
     stitcher = _stitcher(job, store) if _stitches(job) else None
     if stitcher is not None:
@@ -286,10 +295,15 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     if fn is not None:
         torch_device = _module_device(fn, opts.device) or torch_device
     _check_window(opts, backend, source)
+    class_names = _class_names(opts, backend)
+    matches = match_classes(prompts, class_names) if class_names is not None else None
+    for note in filter(None, (m.note() for m in matches or ())):
+        warnings.warn(note, UserWarning, stacklevel=4)
     if backend is not None:
         backend.check_channels(source.n_channels)
         _warn_about_bands(source, backend.name)
-        _warn_about_prompts(backend, prompts)
+        if class_names is None:
+            _warn_about_prompts(backend, prompts)
     shape = source.spatial_shape
     roi = window_shape(opts.roi_size, shape, backend)
     n_lead = len(shape) - len(roi)
@@ -304,6 +318,7 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     check_memory(
         plan, n_channels=source.n_channels, n_outputs=len(prompts),
         batch_size=opts.batch_size, group=plane_group(source, plan, len(prompts)),
+        model_outputs=None if class_names is None else max(class_names) + 1,
     )  # fmt: skip
     meta = source.metadata
     post = PostProcess(
@@ -320,8 +335,35 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
                 "only (not split, smooth, fill_holes) and runs on one machine (no scheduler=)"
             )
     attrs = _provenance(source, prompts, opts, model_desc, plan, post)
+    attrs["class_names"] = (
+        None if class_names is None else {str(k): v for k, v in class_names.items()}
+    )
+    if matches is not None:
+        attrs["prompt_classes"] = {m.prompt: m.to_dict() for m in matches}
     store_path = working_store(opts.out) if opts.out is not None else None
-    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path)
+    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs,
+                   store_path, class_names=class_names, matches=matches)  # fmt: skip
+
+
+def _class_names(opts: SegmentOptions, backend: Any) -> dict[int, str] | None:
+    """The classes of a model with one output channel per class: ``class_names=``, else the
+    backend's own (a MONAI bundle's); None for a model that takes text prompts itself.
+
+    Raises
+    ------
+    ValueError
+        For ``class_names=`` given to a backend that takes text prompts itself.
+    """
+    own = getattr(backend, "class_names", None) if backend is not None else None
+    if opts.class_names is None:
+        return dict(own) if own else None
+    if backend is not None and own is None:
+        raise ValueError(
+            f"class_names= names the output channels of a model with fixed classes (a "
+            f"callable, a torch module or a MONAI bundle); the {backend.name} backend takes "
+            "text prompts itself"
+        )
+    return dict(opts.class_names)
 
 
 def _warn_about_prompts(backend: Any, prompts: list[str]) -> None:

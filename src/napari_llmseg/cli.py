@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="raw value of pixels outside the image (default: the model's own)",
     )
+    seg.add_argument(
+        "--class-names",
+        default=None,
+        metavar="FILE.json|K=NAME,...",
+        help='output channels of a model with fixed classes, as a JSON file ({"1": '
+        '"liver"}, a list, or a MONAI channel_def) or 1=liver,2=kidney_right; prompts are '
+        "matched to them (a MONAI bundle names its own)",
+    )
     seg.add_argument("--batch", type=int, default=4, help="windows per model call (default 4)")
     seg.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
     seg.add_argument(
@@ -269,9 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser(
-        "models", help="list the available models", description="List the available models."
+    models = sub.add_parser(
+        "models",
+        help="list the available models, or what one model knows",
+        description="List the available models; with MODEL, load it and list its classes (a "
+        "model with fixed classes, such as a MONAI bundle) or its concepts.",
     )
+    models.add_argument(
+        "model", nargs="?", default=None, help="a model name, model folder or MONAI bundle"
+    )
+    models.add_argument("--device", default="cpu", help="where to load MODEL (default cpu)")
     return parser
 
 
@@ -335,6 +350,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def segment_options(args: argparse.Namespace) -> SegmentOptions:
     """The run's options from ``napari-llmseg segment`` arguments (checked on creation)."""
+    from .backends.classes import parse_class_names
     from .options import SegmentOptions
 
     return SegmentOptions(
@@ -364,6 +380,7 @@ def segment_options(args: argparse.Namespace) -> SegmentOptions:
         vector=args.vector,
         simplify=args.simplify,
         report=args.report,
+        class_names=None if args.class_names is None else parse_class_names(args.class_names),
     )
 
 
@@ -414,6 +431,8 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if result.out is not None and result.out != options.out:
         print(f"working store {result.out} (what --resume completes; delete it when done)")
+    for prompt, found in (result.metadata.get("prompt_classes") or {}).items():
+        print(f"{prompt}: classes {', '.join(found['classes'])}")
     for line in result.summary():
         print(line)
     if result.info.batch_size_used < args.batch:
@@ -436,8 +455,30 @@ def _show_warning(
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def _models() -> int:
+def _model_classes(name: str, device: str) -> int:
+    """``napari-llmseg models MODEL``: what one model answers to."""
+    from .backends.registry import get_model
+
+    model = get_model(name, device=device)
+    classes = getattr(model, "class_names", None)
+    if classes:
+        print(f"{model.name} ({name}): {len(classes)} classes, one output channel each")
+        for channel, label in sorted(classes.items()):
+            print(f"  {channel:>3}  {label}")
+        print("Prompts are matched to these classes by words ('kidneys' -> every kidney "
+              "class) or by meaning (docs/radiology.md).")  # fmt: skip
+        return 0
+    concepts = model.concepts()
+    what = ", ".join(concepts) if concepts else "open vocabulary (any text prompt)"
+    print(f"{model.name} ({name}) knows: {what}")
+    return 0
+
+
+def _models(args: argparse.Namespace | None = None) -> int:
     from .backends.registry import list_models, model_info
+
+    if args is not None and getattr(args, "model", None):
+        return _model_classes(args.model, args.device)
 
     rows = [("name", "default id", "instances", "weights local", "description")]
     for name in list_models():
@@ -534,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _segment(args)
         if args.command == "train":
             return _train(args)
-        return _models()
+        return _models(args)
     except (*USER_ERRORS, StoreLockedError, StoreReplacedError) as err:
         print(f"napari-llmseg: error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -50,6 +50,8 @@ class TaskSpec:
     bands: Any = None  # band selection of a (Geo)TIFF path, opened again on each worker
     cval: float | None = None  # pad value (None: the model's own)
     output_key: Any = None  # which output of a callable returning several
+    classes: Any = None  # output channels of each prompt, for a model with named classes
+    class_names: Any = None  # {channel: name} of such a model
 
 
 #: Dask's nanny exports this (65536) to its workers, which makes glibc map and zero every
@@ -231,7 +233,7 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     predictor = make_predictor(
         _worker_model(model, spec.device), spec.prompts, stats=stats,
         n_channels=source.n_channels, encoded=spec.encoded, cval=spec.cval,
-        output_key=spec.output_key,
+        output_key=spec.output_key, classes=spec.classes, class_names=spec.class_names,
     )  # fmt: skip
     progress = Queue(f"{spec.run_id}-progress")
     reported = [0, time.monotonic()]  # windows reported, when
@@ -409,6 +411,8 @@ def run_on_cluster(
             bands=run.options.bands if source.paths else None,
             cval=run.options.cval,
             output_key=run.options.output_key,
+            classes=run.classes,
+            class_names=run.class_names,
         )
         return (
             yield from run_distributed(client, spec, image_arg, model_arg, done, cancel, source)

@@ -199,7 +199,16 @@ class SegmentOptions:
         called ``f(batch, prompts)`` when it takes two positional arguments without defaults
         (or has a ``prompts`` parameter: ``f(batch, prompts=prompts)``), else ``f(batch)``; a
         tuple/list or dict output gives its first item (see ``output_key``). See
-        ``docs/windows.md``.
+        ``docs/windows.md``. With ``class_names``, it returns one channel per class instead.
+    class_names : mapping of int to str, or sequence of str, optional
+        For a model with fixed classes (``{1: "liver", 2: "kidney_right"}``; a list names
+        channels 0, 1, ...): the model returns one output channel per class (logits, or
+        softmax probabilities), and each prompt is matched to the classes it means, by words
+        ("kidneys" -> both kidney classes) or by meaning with the text encoder; their
+        probabilities (a softmax over all classes) are summed into the prompt's. A prompt
+        matching no class is refused, naming the nearest. A MONAI bundle names its own classes
+        (this overrides them). See ``docs/radiology.md`` and
+        :mod:`napari_llmseg.backends.classes`.
     roi_size : int or tuple of int, optional
         Window size (default: the model's, 256 for llmseg-tiny). An int gives the model's
         windows (2D for every bundled backend and for callables); a tuple gives one entry per
@@ -302,6 +311,7 @@ class SegmentOptions:
     sigma_scale: float | tuple[float, ...] = 0.125
     cval: float | None = None
     output_key: int | str | None = None
+    class_names: Any = None
     threshold: float = 0.5
     device: str = "auto"
     channel_axis: int | None = None
@@ -337,6 +347,10 @@ class SegmentOptions:
         put("sigma_scale", _numbers("sigma_scale", self.sigma_scale, 0.0, math.inf, lo_open=True))
         if self.cval is not None:
             put("cval", _finite("cval", self.cval))
+        if self.class_names is not None:
+            from .backends.classes import check_class_names
+
+            put("class_names", check_class_names(self.class_names))
         if self.output_key is not None:
             if backend:
                 raise ValueError(
@@ -439,6 +453,8 @@ class SegmentOptions:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
+            elif f.name == "class_names" and value is not None:
+                value = {str(k): v for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
             elif value is not None and not isinstance(value, (str, int, float, bool, list)):

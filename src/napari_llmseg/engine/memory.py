@@ -86,15 +86,24 @@ def _size(n: float) -> str:
 
 
 def run_memory(
-    plan: WindowPlan, *, n_channels: int, n_outputs: int, batch_size: int, group: int = 1
+    plan: WindowPlan,
+    *,
+    n_channels: int,
+    n_outputs: int,
+    batch_size: int,
+    group: int = 1,
+    model_outputs: int | None = None,
 ) -> tuple[int, int]:
     """Bytes the engine needs -> (one batch of windows, the output chunks it holds).
 
     A batch is ``batch_size * (n_channels + n_outputs) * prod(roi) * 4`` bytes (float32 raw
-    windows and logits). Each voxel of an open output chunk holds ``n_outputs + 1`` float32
-    sums and a flag; finished chunks waiting for the writer thread hold as much.
+    windows and logits; ``model_outputs`` instead of ``n_outputs`` for a model with named
+    classes, which returns one channel per class). Each voxel of an open output chunk holds
+    ``n_outputs + 1`` float32 sums and a flag; finished chunks waiting for the writer thread
+    hold as much.
     """
-    window = batch_size * (n_channels + n_outputs) * math.prod(plan.roi) * 4
+    per_window = n_outputs if model_outputs is None else max(model_outputs, n_outputs)
+    window = batch_size * (n_channels + per_window) * math.prod(plan.roi) * 4
     per_voxel = (n_outputs + 1) * 4 + 1
     held = plan.open_voxels(group) * per_voxel
     held += write_queue_length(plan, n_outputs) * chunk_bytes(plan, n_outputs)
@@ -109,6 +118,7 @@ def check_memory(
     batch_size: int,
     group: int = 1,
     available: int | None = None,
+    model_outputs: int | None = None,
 ) -> None:
     """Refuse a run whose windows and open chunks need more memory than is available.
 
@@ -118,6 +128,8 @@ def check_memory(
         The run's windows and output chunks.
     n_channels, n_outputs : int
         Input channels and model outputs (prompts).
+    model_outputs : int, optional
+        Channels the model returns per window, when more than ``n_outputs`` (classes).
     batch_size : int
         Windows per model call.
     group : int
@@ -134,15 +146,17 @@ def check_memory(
     if available is None:
         return
     window, chunks = run_memory(
-        plan, n_channels=n_channels, n_outputs=n_outputs, batch_size=batch_size, group=group
-    )
+        plan, n_channels=n_channels, n_outputs=n_outputs, batch_size=batch_size, group=group,
+        model_outputs=model_outputs,
+    )  # fmt: skip
+    per_window = n_outputs if model_outputs is None else max(model_outputs, n_outputs)
     if window + chunks <= available:
         return
     roi = " x ".join(str(r) for r in plan.roi)
     raise ValueError(
         f"not enough memory for these windows: a batch of {batch_size} windows of {roi} with "
-        f"{n_channels} input channel(s) and {n_outputs} output(s) needs {batch_size} x "
-        f"({n_channels} + {n_outputs}) x {math.prod(plan.roi):,} x 4 bytes = {_size(window)}, "
+        f"{n_channels} input channel(s) and {per_window} output(s) needs {batch_size} x "
+        f"({n_channels} + {per_window}) x {math.prod(plan.roi):,} x 4 bytes = {_size(window)}, "
         f"and the open output chunks about {_size(chunks)}, but {_size(available)} is "
         "available; lower roi_size, batch_size or chunks"
     )

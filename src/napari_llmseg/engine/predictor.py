@@ -216,6 +216,42 @@ class CallablePredictor:
         return np.asarray(out, dtype=np.float32)
 
 
+class ClassPredictor:
+    """A model with named classes, asked by prompt: the inner predictor gives one output
+    channel per class, this one a logit per prompt, the logit of the summed probabilities of
+    the prompt's classes (:func:`napari_llmseg.backends.classes.merge_classes`).
+
+    ``groups``: the output channels of each prompt's classes, in prompt order.
+    """
+
+    def __init__(self, inner: Any, groups: Sequence[Sequence[int]]) -> None:
+        if not groups or any(len(g) == 0 for g in groups):
+            raise ValueError(f"every prompt needs at least one class channel, got {groups!r}")
+        self.inner = inner
+        self.groups = [tuple(int(c) for c in g) for g in groups]
+        self.n_outputs = len(self.groups)
+
+    @property
+    def batch_limit(self) -> int | None:
+        return getattr(self.inner, "batch_limit", None)
+
+    @property
+    def encoded(self) -> Any:
+        """The inner backend's encodings (sent to Dask workers), if any."""
+        return getattr(self.inner, "encoded", None)
+
+    def pad_value(self) -> np.ndarray:
+        return self.inner.pad_value()
+
+    def prepare(self, raw: np.ndarray) -> Any:
+        return self.inner.prepare(raw)
+
+    def predict(self, prepared: Any) -> np.ndarray:
+        from ..backends.classes import merge_classes
+
+        return merge_classes(self.inner.predict(prepared), self.groups)
+
+
 def is_backend(model: Any) -> bool:
     """Whether ``model`` is a backend (has ``encode_prompts``) rather than a plain callable."""
     return hasattr(model, "encode_prompts") and hasattr(model, "preprocess")
@@ -231,9 +267,25 @@ def make_predictor(
     encoded: Any = None,
     cval: float | None = None,
     output_key: int | str | None = None,
-) -> BackendPredictor | CallablePredictor:
+    classes: Sequence[Sequence[int]] | None = None,
+    class_names: Mapping[int, str] | None = None,
+) -> BackendPredictor | CallablePredictor | ClassPredictor:
     """The predictor for a loaded backend or a callable model (``output_key``: callables
-    only)."""
+    only).
+
+    ``classes``: for a model with named classes (``class_names``, by output channel), the
+    output channels each prompt means (:func:`napari_llmseg.backends.classes.match_classes`);
+    the model is then called for its classes (a callable that takes prompts gets the class
+    names, ``"class K"`` for an unnamed channel) and the predictor gives one logit per prompt
+    (:class:`ClassPredictor`).
+    """
+    if classes is not None:
+        known = dict(class_names or {})
+        top = max([max(g) for g in classes] + list(known))
+        names = [known.get(c, f"class {c}") for c in range(top + 1)]
+        inner = make_predictor(model, names, stats=stats, n_channels=n_channels, device=device,
+                               encoded=encoded, cval=cval, output_key=output_key)  # fmt: skip
+        return ClassPredictor(inner, classes)
     if is_backend(model):
         return BackendPredictor(model, prompts, stats, encoded=encoded, cval=cval)
     return CallablePredictor(model, prompts, n_channels, device, cval, output_key)

@@ -111,9 +111,10 @@ RESUME_KEYS = (
     "window",
     "instances",
     "postprocess",
+    "class_names",
 )
 #: Values of resume keys that stores written before the key existed were run with.
-RESUME_DEFAULTS = {"sigma_scale": 0.125, "cval": None, "output_key": None}
+RESUME_DEFAULTS = {"sigma_scale": 0.125, "cval": None, "output_key": None, "class_names": None}
 #: Fingerprints that must match for a run to resume (engine/fingerprint.py).
 FINGERPRINT_KEYS = ("input_fingerprint", "model_fingerprint")
 

@@ -292,6 +292,8 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     torch_device = resolve_device(opts.device)
     source = open_image(image, channel_axis=opts.channel_axis, bands=opts.bands)
     backend, fn, model_desc = resolve_model(opts.model, str(torch_device))
+    if backend is not None and hasattr(backend, "for_input"):
+        backend = backend.for_input(source.metadata)  # its windows in the input's voxels
     if fn is not None:
         torch_device = _module_device(fn, opts.device) or torch_device
     _check_window(opts, backend, source)
@@ -347,7 +349,8 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
 
 def _class_names(opts: SegmentOptions, backend: Any) -> dict[int, str] | None:
     """The classes of a model with one output channel per class: ``class_names=``, else the
-    backend's own (a MONAI bundle's); None for a model that takes text prompts itself.
+    backend's own (a MONAI bundle's; ``class_names=`` renames some of them); None for a model
+    that takes text prompts itself.
 
     Raises
     ------
@@ -356,7 +359,16 @@ def _class_names(opts: SegmentOptions, backend: Any) -> dict[int, str] | None:
     """
     own = getattr(backend, "class_names", None) if backend is not None else None
     if opts.class_names is None:
-        return dict(own) if own else None
+        if own is not None and not own:
+            raise ValueError(
+                f"the {backend.name} model names no classes (a MONAI bundle without "
+                "channel_def); give them with class_names= (--class-names)"
+            )
+        return dict(own) if own is not None else None
+    if own:  # a bundle's names, some renamed
+        from .backends.classes import check_class_names
+
+        return check_class_names({**own, **opts.class_names})
     if backend is not None and own is None:
         raise ValueError(
             f"class_names= names the output channels of a model with fixed classes (a "

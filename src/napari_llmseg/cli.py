@@ -497,8 +497,8 @@ def _models(args: argparse.Namespace | None = None) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
     print()
     for name in list_models():  # what each model knows: a closed vocabulary, or any text
-        concepts = model_info(name).concepts
-        what = ", ".join(concepts) if concepts else "open vocabulary (any text prompt)"
+        info = model_info(name)
+        what = ", ".join(info.concepts) or info.vocabulary or "open vocabulary (any text prompt)"
         print(f"{name} knows: {what}")
     print(
         "A model folder (--model FOLDER) lists its own concepts in its config.json; a prompt far"

@@ -207,7 +207,7 @@ class SegmentOptions:
         ("kidneys" -> both kidney classes) or by meaning with the text encoder; their
         probabilities (a softmax over all classes) are summed into the prompt's. A prompt
         matching no class is refused, naming the nearest. A MONAI bundle names its own classes
-        (this overrides them). See ``docs/radiology.md`` and
+        (these rename some of them). See ``docs/radiology.md`` and
         :mod:`napari_llmseg.backends.classes`.
     roi_size : int or tuple of int, optional
         Window size (default: the model's, 256 for llmseg-tiny). An int gives the model's

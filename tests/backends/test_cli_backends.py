@@ -37,7 +37,10 @@ def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
         "clipseg": [CLIPSEG_ID, "no", "yes"],
         "sam3": ["facebook/sam3", "yes", "no"],
         "grounded-sam": ["IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base", "yes", "no"],
+        "monai": ["monai:NAME", "no", "no"],
     }
+    knows = lines[lines.index("") + 1 :]
+    assert "monai knows: the bundle's classes (napari-llmseg models BUNDLE lists them)" in knows
 
 
 @pytest.mark.parametrize("kind", ["clipseg", "sam3", "grounded-sam"])

@@ -14,11 +14,16 @@ SAMPLE_LABELS = ROOT / "sample_data" / "nuclei_labels.tif"
 def smooth_model(x: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """A deterministic, nonlinear, translation-equivariant stand-in for a model.
 
-    One output per prompt: a 5x5 box blur of the first channel, shifted and scaled
-    differently per prompt, plus a nonlinearity, so that blending mistakes show.
+    One output per prompt: a 5x5 box blur of the first channel (3x3x3 for 3D windows),
+    shifted and scaled differently per prompt, plus a nonlinearity, so that blending
+    mistakes show.
     """
-    k = torch.ones(1, 1, 5, 5, dtype=x.dtype) / 25
-    a = torch.nn.functional.conv2d(x[:, :1], k, padding=2)
+    if x.ndim == 5:
+        k = torch.ones(1, 1, 3, 3, 3, dtype=x.dtype) / 27
+        a = torch.nn.functional.conv3d(x[:, :1], k, padding=1)
+    else:
+        k = torch.ones(1, 1, 5, 5, dtype=x.dtype) / 25
+        a = torch.nn.functional.conv2d(x[:, :1], k, padding=2)
     outs = [
         torch.tanh(a * (i + 1)) * 4 - 0.5 * i + torch.sin(x[:, :1] * 3)
         for i in range(len(prompts))
@@ -73,10 +78,7 @@ def result_arrays(path: Path) -> dict[str, np.ndarray]:
     import zarr
 
     group = zarr.open_group(path, mode="r")
-    return {
-        name: np.asarray(array[...])
-        for name, array in group.arrays()
-    } | {
+    return {name: np.asarray(array[...]) for name, array in group.arrays()} | {
         f"labels/{label}/{name}": np.asarray(array[...])
         for label, sub in group["labels"].groups()
         for name, array in sub.arrays()

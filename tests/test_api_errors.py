@@ -74,17 +74,89 @@ def test_overlap_outside_range(overlap):
         run(overlap=overlap)
 
 
-@pytest.mark.parametrize("roi", [8, 15, (32, 4), 0])
-def test_roi_below_16(roi):
+@pytest.mark.parametrize("roi", [8, 15, (32, 4), (None, 15)])
+def test_backend_roi_below_16(roi):
+    """A model backend's windows are at least 16 pixels (checked before the model loads)."""
     with pytest.raises(
         ValueError, match=re.escape(f"roi_size must be at least 16 pixels, got {roi!r}")
     ):
+        run(roi_size=roi, model="llmseg-tiny")
+
+
+def test_callable_takes_small_windows():
+    """As in MONAI, a callable model takes windows of any size."""
+    result = run(roi_size=(8, 4), model=lambda x: x[:, :1] - 0.5)
+    assert result.info.windows == 11 * 21 and result.metadata["roi_size"] == [8, 4]
+
+
+@pytest.mark.parametrize("roi", [(32.5, 32), "32", (32, "a"), (), True, 32.0, [32, True]])
+def test_roi_entries_must_be_ints(roi):
+    with pytest.raises(ValueError, match=re.escape(
+        "roi_size must be an int or a sequence of ints (None or <= 0: the image's extent along "
+        f"that axis), got {roi!r}"
+    )):  # fmt: skip
         run(roi_size=roi)
 
 
-def test_roi_bad_form():
-    with pytest.raises(ValueError, match=r"roi_size must be an int or 2 ints, got \(32, 32, 32\)"):
+def test_roi_with_more_axes_than_the_image():
+    with pytest.raises(
+        ValueError,
+        match=r"roi_size \(32, 32, 32\) asks for 3D windows, but the image has 2 spatial axes "
+        r"\(64, 64\)",
+    ):
         run(roi_size=(32, 32, 32))
+    with pytest.raises(ValueError, match=r"roi_size \(16, 16, 16, 16\) asks for 4D windows"):
+        run(np.zeros((16, 16, 16), np.float32), roi_size=(16, 16, 16, 16))
+
+
+def test_backend_roi_with_other_axes_than_the_model():
+    with pytest.raises(
+        ValueError,
+        match=r"roi_size must be an int or 2 ints for the llmseg-tiny backend \(2D windows\), "
+        r"got \(32, 32, 32\)",
+    ):
+        run(np.zeros((32, 32, 32), np.float32), roi_size=(32, 32, 32), model="llmseg-tiny")
+
+
+@pytest.mark.parametrize(
+    ("overlap", "message"),
+    [
+        ((0.5, 1.0), r"overlap must be in \[0.0, 1.0\) on every window axis, got \(0.5, 1.0\)"),
+        ((0.5, -0.1), r"overlap must be in \[0.0, 1.0\) on every window axis, got \(0.5, -0.1\)"),
+        ((0.5, 0.25, 0.1), r"overlap \(0.5, 0.25, 0.1\) has 3 entries for 2D windows"),
+        ((), r"overlap must be a number or one number per window axis, got \(\)"),
+    ],
+)
+def test_per_axis_overlap_errors(overlap, message):
+    with pytest.raises(ValueError, match=message):
+        run(overlap=overlap)
+
+
+def test_per_axis_overlap_and_sigma_are_accepted():
+    result = run(overlap=(0.5, 0.25), sigma_scale=(0.2, 0.1))
+    assert result.metadata["overlap"] == (0.5, 0.25)
+    assert result.metadata["sigma_scale"] == (0.2, 0.1)
+
+
+@pytest.mark.parametrize("sigma", [0, -1, float("nan"), float("inf"), (0.1, 0.0)])
+def test_sigma_scale_must_be_positive(sigma):
+    with pytest.raises(ValueError, match=re.escape("sigma_scale must be > 0.0") + r".*got "):
+        run(sigma_scale=sigma)
+    with pytest.raises(ValueError, match=r"sigma_scale \(0.1, 0.1, 0.1\) has 3 entries"):
+        run(sigma_scale=(0.1, 0.1, 0.1))
+
+
+def test_cval_and_output_key_errors():
+    with pytest.raises(TypeError, match=r"cval must be a number, got 'low'"):
+        run(cval="low")
+    with pytest.raises(ValueError, match=r"cval must be a finite number, got nan"):
+        run(cval=float("nan"))
+    with pytest.raises(ValueError, match=r"output_key='seg' picks an output of a callable model"):
+        run(model="llmseg-tiny", output_key="seg")
+    with pytest.raises(TypeError, match=r"output_key must be an int or a str, got 1.5"):
+        run(output_key=1.5)
+    with pytest.raises(ValueError, match=r"output_key=1 picks one output of a model that returns"):
+        run(output_key=1)  # smooth_model returns one tensor
 
 
 def test_threshold_and_batch_and_blend():

@@ -57,6 +57,30 @@ def test_segment_writes_store_and_prints_summary(small_npy, tmp_path, capsys):
     [
         (["--overlap", "1.5"], "overlap must be in [0.0, 1.0), got 1.5"),
         (["--roi", "8"], "roi_size must be at least 16 pixels, got 8"),
+        (
+            ["--roi", "32.5"],
+            "roi_size must be an int or a sequence of ints (None or <= 0: the "
+            "image's extent along that axis), got '32.5'",
+        ),
+        (
+            ["--roi", "96,96,96"],
+            "roi_size must be an int or 2 ints for the llmseg-tiny backend "
+            "(2D windows), got (96, 96, 96)",
+        ),
+        (["--overlap", "lots"], "overlap must be a number or one per window axis, got 'lots'"),
+        (
+            ["--overlap", "0.5,1"],
+            "overlap must be in [0.0, 1.0) on every window axis, got (0.5, 1.0)",
+        ),
+        (["--sigma-scale", "0"], "sigma_scale must be > 0.0, got 0.0"),
+        (
+            ["--sigma-scale", "0.1,0.1,0.1"],
+            "sigma_scale (0.1, 0.1, 0.1) has 3 entries for 2D windows",
+        ),
+        (
+            ["--batch", "100000", "--roi", "4096"],
+            "not enough memory for these windows: a batch of 100000 windows of 4096 x 4096",
+        ),
         (["--model", "nonexistent"], "unknown model 'nonexistent'; known models: llmseg-tiny"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["-p", "  "], "prompts must not be empty or blank"),
@@ -96,9 +120,20 @@ def test_argparse_errors_exit_2(capsys):
     assert exc.value.code == 2
     assert "the following arguments are required: -p/--prompt" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        main(["segment", "x.tif", "-p", "a", "-o", "o.zarr", "--overlap", "lots"])
+        main(["segment", "x.tif", "-p", "a", "-o", "o.zarr", "--cval", "lots"])
     assert exc.value.code == 2
-    assert "expected a number, got 'lots'" in capsys.readouterr().err
+    assert "argument --cval: invalid float value: 'lots'" in capsys.readouterr().err
+
+
+def test_window_options_reach_the_run(small_npy, tmp_path, capsys):
+    out = tmp_path / "o.zarr"
+    args = ["--roi", "128,-1", "--overlap", "0.5,0", "--sigma-scale", "0.25", "--cval", "-3"]
+    code = main(["segment", str(small_npy), "-p", "nuclei", "-o", str(out), *args])
+    assert code == 0, capsys.readouterr().err
+    attrs = zarr.open_group(out, mode="r").attrs["napari_llmseg"]
+    assert attrs["roi_size"] == [128, 256]  # -1: the image's extent
+    assert attrs["overlap"] == [0.5, 0.0]
+    assert attrs["sigma_scale"] == 0.25 and attrs["cval"] == -3.0
 
 
 def test_models_lists_the_embedded_model(capsys):

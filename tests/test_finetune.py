@@ -92,8 +92,10 @@ def test_only_the_decoder_and_text_conditioning_train(rng, tmp_path):
         ({"slices": "5:9"}, "select no plane"),
         ({"slices": "0:1"}, r"labels in slices 0:1 are empty"),
         ({"epochs": 0}, "epochs must be at least 1"),
-        ({"base": "sam3"}, "the sam3 backend cannot be fine-tuned; fine-tuning supports "
-                           "llmseg-tiny, clipseg"),
+        (
+            {"base": "sam3"},
+            "the sam3 backend cannot be fine-tuned; fine-tuning supports llmseg-tiny, clipseg",
+        ),
         ({"base": "/no/such/model"}, "no/such/model"),
     ],
 )

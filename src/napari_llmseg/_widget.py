@@ -641,15 +641,19 @@ class SegmentWidget(Container):
 
         if not self._running:
             return  # a step queued before the run ended
-        if self._progress is None or self._progress.desc != step.stage:
-            if self._progress is not None:
-                self._progress.close()
-            self._progress = progress(total=step.total, desc=step.stage)
-        self._progress.update(step.done - self._progress.n)
         what = "windows" if step.stage == "segment" else "chunks"
         self.status.value = (
             f"{step.stage}: {step.done} / {step.total} {what}; writing to {options.out}"
         )
+        if self._progress is None or self._progress.desc != step.stage:
+            if self._progress is not None:
+                self._progress.close()
+            self._progress = progress(total=step.total, desc=step.stage)
+        # updating napari's progress bar processes Qt events: the run's end may be handled
+        # in it, after which this step is stale (its status must not replace the end's)
+        self._progress.update(step.done - self._progress.n)
+        if not self._running:
+            return
         if step.stage == "segment":
             self._show_live(layer, options)
 

@@ -13,7 +13,6 @@ thread, :func:`segment` drains it and calls ``progress``. Both take the options 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -24,13 +23,15 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .backends.classes import match_classes
 from .engine.fingerprint import input_fingerprint, model_fingerprint
 from .engine.lock import StoreLock
+from .engine.memory import check_memory
 from .engine.normalize import IntensityStats, compute_stats
 from .engine.predictor import make_predictor
 from .engine.store import SCRATCH_ARRAYS, OutputStore, _is_our_store, check_output_path
-from .engine.stream import MemorySink, Progress, drain, relay, run
-from .engine.windows import WindowPlan, importance_map
+from .engine.stream import MemorySink, Progress, drain, plane_group, relay, run
+from .engine.windows import WindowPlan, per_axis, resolve_roi
 from .io.labels import label_names_of
 from .io.ome import ATTR_KEY
 from .io.open import open_image
@@ -49,11 +50,13 @@ from .results import SegmentationResult
 
 __all__ = ["SegmentOptions", "SegmentationResult", "iter_segment", "segment"]
 
-#: Output chunk edge along the window axes, for 2D and 3D windows. 512 x 512 is the tile of
-#: most OME-Zarr and COG writers; against 256 x 256 it halves the CPU the writer and zarr's
-#: codec threads spend per window (docs/benchmarks.md). 3D chunks stay at 256 voxels a side:
-#: their blending accumulators are held whole while they fill.
-DEFAULT_CHUNK = {2: 512, 3: 256}
+#: Output chunk shape along the window axes, by number of window axes. 512 x 512 is the tile
+#: of most OME-Zarr and COG writers; against 256 x 256 it halves the CPU the writer and zarr's
+#: codec threads spend per window (docs/benchmarks.md). 3D windows are blended slab by slab
+#: along Z, and every chunk a slab touches stays open until the next slab is done: chunks
+#: 32 voxels deep keep that to less than a window plus 64 planes of accumulators
+#: (``WindowPlan.open_voxels``), at 256 x 256 across. 1D windows: 256 Ki samples per chunk.
+DEFAULT_CHUNKS = {1: (262144,), 2: (512, 512), 3: (32, 256, 256)}
 
 
 @dataclass
@@ -72,6 +75,13 @@ class RunPlan:
     store_path: Path | None  # the zarr store written chunk by chunk
     writing: bool = False  # set once this run has created or resumed its store
     given_stats: IntensityStats | None = None  # the caller's, instead of computing them
+    class_names: dict[int, str] | None = None  # a model with one output channel per class
+    matches: list[Any] | None = None  # ClassMatch per prompt, for such a model
+
+    @property
+    def classes(self) -> list[tuple[int, ...]] | None:
+        """The output channels each prompt means, for a model with named classes."""
+        return None if self.matches is None else [m.channels for m in self.matches]
 
     @property
     def model(self) -> Any:
@@ -128,7 +138,8 @@ def _run(
     sink = store if store is not None else _memory_sink(job)
     predictor = make_predictor(
         job.model, job.prompts, stats=stats, n_channels=job.source.n_channels,
-        device=job.device,
+        device=job.device, cval=opts.cval, output_key=opts.output_key, classes=job.classes,
+        class_names=job.class_names,
     )  # fmt: skip
     stitcher = _stitcher(job, store) if _stitches(job) else None
     if stitcher is not None:
@@ -281,21 +292,36 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     torch_device = resolve_device(opts.device)
     source = open_image(image, channel_axis=opts.channel_axis, bands=opts.bands)
     backend, fn, model_desc = resolve_model(opts.model, str(torch_device))
+    if backend is not None and hasattr(backend, "for_input"):
+        backend = backend.for_input(source.metadata)  # its windows in the input's voxels
+    if fn is not None:
+        torch_device = _module_device(fn, opts.device) or torch_device
     _check_window(opts, backend, source)
+    class_names = _class_names(opts, backend)
+    matches = match_classes(prompts, class_names) if class_names is not None else None
+    for note in filter(None, (m.note() for m in matches or ())):
+        warnings.warn(note, UserWarning, stacklevel=4)
     if backend is not None:
         backend.check_channels(source.n_channels)
         _warn_about_bands(source, backend.name)
-        _warn_about_prompts(backend, prompts)
-    dims = backend.spatial_dims if backend is not None else 2
-    roi = _roi_tuple(opts.roi_size, backend.default_roi if backend is not None else 256, dims)
+        if class_names is None:
+            _warn_about_prompts(backend, prompts)
     shape = source.spatial_shape
-    if len(shape) < dims:
-        raise ValueError(f"a {dims}D model needs at least {dims} spatial axes, image has {shape}")
-    n_lead = len(shape) - dims
-    edge = DEFAULT_CHUNK.get(dims, 256) if opts.chunks is None else opts.chunks
-    out_chunks = (1,) * n_lead + tuple(min(edge, s) for s in shape[n_lead:])
-    _check_memory(roi, opts.batch_size, source.n_channels, len(prompts))
-    plan = WindowPlan(shape, roi, opts.overlap, out_chunks)
+    roi = window_shape(opts.roi_size, shape, backend)
+    n_lead = len(shape) - len(roi)
+    plan = WindowPlan(
+        shape,
+        roi,
+        per_axis("overlap", opts.overlap, len(roi)),
+        (1,) * n_lead + _chunk_shape(opts.chunks, shape[n_lead:]),
+        blend=opts.blend,
+        sigma_scale=per_axis("sigma_scale", opts.sigma_scale, len(roi)),
+    )
+    check_memory(
+        plan, n_channels=source.n_channels, n_outputs=len(prompts),
+        batch_size=opts.batch_size, group=plane_group(source, plan, len(prompts)),
+        model_outputs=None if class_names is None else max(class_names) + 1,
+    )  # fmt: skip
     meta = source.metadata
     post = PostProcess(
         smooth=opts.smooth,
@@ -311,8 +337,45 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
                 "only (not split, smooth, fill_holes) and runs on one machine (no scheduler=)"
             )
     attrs = _provenance(source, prompts, opts, model_desc, plan, post)
+    attrs["class_names"] = (
+        None if class_names is None else {str(k): v for k, v in class_names.items()}
+    )
+    if matches is not None:
+        attrs["prompt_classes"] = {m.prompt: m.to_dict() for m in matches}
     store_path = working_store(opts.out) if opts.out is not None else None
-    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs, store_path)
+    return RunPlan(source, prompts, opts, backend, fn, torch_device, plan, post, attrs,
+                   store_path, class_names=class_names, matches=matches)  # fmt: skip
+
+
+def _class_names(opts: SegmentOptions, backend: Any) -> dict[int, str] | None:
+    """The classes of a model with one output channel per class: ``class_names=``, else the
+    backend's own (a MONAI bundle's; ``class_names=`` renames some of them); None for a model
+    that takes text prompts itself.
+
+    Raises
+    ------
+    ValueError
+        For ``class_names=`` given to a backend that takes text prompts itself.
+    """
+    own = getattr(backend, "class_names", None) if backend is not None else None
+    if opts.class_names is None:
+        if own is not None and not own:
+            raise ValueError(
+                f"the {backend.name} model names no classes (a MONAI bundle without "
+                "channel_def); give them with class_names= (--class-names)"
+            )
+        return dict(own) if own is not None else None
+    if own:  # a bundle's names, some renamed
+        from .backends.classes import check_class_names
+
+        return check_class_names({**own, **opts.class_names})
+    if backend is not None and own is None:
+        raise ValueError(
+            f"class_names= names the output channels of a model with fixed classes (a "
+            f"callable, a torch module or a MONAI bundle); the {backend.name} backend takes "
+            "text prompts itself"
+        )
+    return dict(opts.class_names)
 
 
 def _warn_about_prompts(backend: Any, prompts: list[str]) -> None:
@@ -354,49 +417,9 @@ def resolve_model(model: Any, device: str) -> tuple[Any, Callable | None, dict]:
         )
     raise TypeError(
         "model must be None, a model name, a folder path, a backend object or a callable "
-        f"f(batch, prompts) -> logits; got {type(model).__name__}"
+        f"(a function or torch module) f(batch) or f(batch, prompts) -> logits; got "
+        f"{type(model).__name__}"
     )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import os
-
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_memory(roi: tuple[int, ...], batch: int, channels: int, prompts: int) -> None:
-    """Refuse, before anything is read or written, a window so large that one batch of raw
-    windows, model input and logits cannot fit in the memory this machine has free (the
-    model's own activations come on top). MONAI pads an image smaller than the window up to
-    the window, so a huge ``roi_size`` costs memory however small the image."""
-    free = available_memory()
-    pixels = math.prod(roi)
-    need = batch * pixels * (channels + 3 + 2 * prompts) * 4 + pixels * 4
-    if free is not None and need > free:
-        window = " x ".join(str(r) for r in roi)
-        raise ValueError(
-            f"roi_size {window} with batch_size {batch} needs at least {_bytes(need)} of memory "
-            f"per batch, more than the {_bytes(free)} available; use a smaller roi_size or "
-            "batch_size"
-        )
-
-
-def _bytes(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if n < 1024 or unit == "EiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} EiB"
 
 
 def _check_window(opts: SegmentOptions, backend: Any, source: ImageSource) -> None:
@@ -418,13 +441,73 @@ def _check_window(opts: SegmentOptions, backend: Any, source: ImageSource) -> No
         )
 
 
-def _roi_tuple(roi_size: Any, default: int, dims: int) -> tuple[int, ...]:
-    given: Any = default if roi_size is None else roi_size
-    items: Any = (given,) * dims if np.isscalar(given) else given
-    roi = tuple(int(r) for r in items)
-    if len(roi) != dims:
-        raise ValueError(f"roi_size must be an int or {dims} ints, got {roi_size!r}")
+def window_shape(
+    roi_size: int | tuple[int | None, ...] | None, shape: tuple[int, ...], backend: Any
+) -> tuple[int, ...]:
+    """The window size for an image of spatial ``shape`` -> a tuple of positive ints.
+
+    A backend has its own number of window axes (``spatial_dims``) and default size; a
+    callable model takes 2D windows unless ``roi_size`` is a tuple, whose length is then the
+    number of window axes (the image's last ones). Entries that are None or <= 0 become the
+    image's extent along that axis (MONAI's ``fall_back_tuple``).
+
+    Raises
+    ------
+    ValueError
+        For more window axes than the image has, a backend's ``roi_size`` with another number
+        of entries than its ``spatial_dims``, or a backend window under ``MIN_ROI``.
+    """
+    from .options import MIN_ROI
+
+    given = isinstance(roi_size, tuple)
+    if backend is not None:
+        dims, default = int(backend.spatial_dims), backend.default_roi
+        if given and len(roi_size) != dims:  # type: ignore[arg-type]
+            raise ValueError(
+                f"roi_size must be an int or {dims} ints for the {backend.name} backend "
+                f"({dims}D windows), got {roi_size!r}"
+            )
+    else:
+        dims, default = (len(roi_size) if given else 2), 256  # type: ignore[arg-type]
+    if dims > len(shape):
+        raise ValueError(
+            f"roi_size {roi_size!r} asks for {dims}D windows, but the image has "
+            f"{len(shape)} spatial axes {shape}"
+        )
+    roi = resolve_roi(default if roi_size is None else roi_size, shape[len(shape) - dims :])
+    if backend is not None and min(roi) < MIN_ROI:
+        raise ValueError(
+            f"roi_size {roi_size!r} gives windows of {roi} on an image of shape {shape}; the "
+            f"{backend.name} backend needs at least {MIN_ROI} pixels a side"
+        )
     return roi
+
+
+def _chunk_shape(edge: int | None, plane: tuple[int, ...]) -> tuple[int, ...]:
+    """Output chunk shape along the window axes: ``edge`` along each, or the default."""
+    default = DEFAULT_CHUNKS.get(len(plane), (256,) * len(plane))
+    chunks = default if edge is None else (edge,) * len(plane)
+    return tuple(min(c, s) for c, s in zip(chunks, plane, strict=True))
+
+
+def _module_device(fn: Any, device: str) -> Any:
+    """A torch module's own device, when the run's device is ``"auto"``; warns about a
+    module left in training mode (dropout and batch statistics would change its output)."""
+    import torch
+
+    if not isinstance(fn, torch.nn.Module):
+        return None
+    if fn.training:
+        warnings.warn(
+            f"the model {type(fn).__name__} is in training mode (dropout, batch statistics); "
+            "call model.eval() before segmenting",
+            UserWarning,
+            stacklevel=5,
+        )
+    if device != "auto":
+        return None
+    param = next(fn.parameters(), None)
+    return param.device if param is not None else None
 
 
 def _provenance(
@@ -452,6 +535,9 @@ def _provenance(
         "overlap": opts.overlap,
         "batch_size": opts.batch_size,
         "blend": opts.blend,
+        "sigma_scale": opts.sigma_scale,
+        "cval": opts.cval,
+        "output_key": opts.output_key,
         "threshold": opts.threshold,
         "chunks": list(plan.chunks),
         "source_metadata": {k: v for k, v in source.metadata.items() if _is_json(v)},
@@ -580,7 +666,7 @@ def _predict(
             predictor,
             job.plan,
             sink,
-            weights=importance_map(job.plan.roi, job.options.blend),
+            weights=job.plan.weights(),
             batch_size=job.options.batch_size,
             threshold=job.options.threshold,
             done=done,

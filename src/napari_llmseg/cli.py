@@ -44,6 +44,27 @@ def _size(text: str) -> float | str:
         return text
 
 
+def _ints(text: str) -> int | tuple[int | None, ...] | str:
+    """``"96"`` -> 96, ``"96,96,-1"`` -> (96, 96, -1); anything else is left for
+    SegmentOptions to refuse with its own message (exit 2)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [None if p.lower() == "none" else int(p) for p in parts]
+    except ValueError:
+        return text
+    return values[0] if len(values) == 1 and values[0] is not None else tuple(values)
+
+
+def _floats(text: str) -> float | tuple[float, ...] | str:
+    """``"0.5"`` -> 0.5, ``"0.5,0.25"`` -> (0.5, 0.25); anything else is left for
+    SegmentOptions to refuse."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        return text
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def _probability(text: str) -> float:
     try:
         return float(text)
@@ -111,13 +132,38 @@ def build_parser() -> argparse.ArgumentParser:
         "or a model folder; see `napari-llmseg models`",
     )
     seg.add_argument(
-        "--roi", type=int, default=None, help="window size in pixels (default: the model's)"
+        "--roi",
+        type=_ints,
+        default=None,
+        help="window size in pixels (default: the model's): N, or one size per window axis "
+        "such as 96,96,96 for 3D windows over a volume (-1: the image's extent)",
     )
     seg.add_argument(
         "--overlap",
-        type=_probability,
+        type=_floats,
         default=0.25,
-        help="window overlap in [0, 1) (default 0.25)",
+        help="window overlap in [0, 1), one value or one per window axis (default 0.25)",
+    )
+    seg.add_argument(
+        "--sigma-scale",
+        type=_floats,
+        default=0.125,
+        help="gaussian blending: sigma as a fraction of the window, one value or one per axis "
+        "(default 0.125)",
+    )
+    seg.add_argument(
+        "--cval",
+        type=float,
+        default=None,
+        help="raw value of pixels outside the image (default: the model's own)",
+    )
+    seg.add_argument(
+        "--class-names",
+        default=None,
+        metavar="FILE.json|K=NAME,...",
+        help='output channels of a model with fixed classes, as a JSON file ({"1": '
+        '"liver"}, a list, or a MONAI channel_def) or 1=liver,2=kidney_right; prompts are '
+        "matched to them (a MONAI bundle names its own)",
     )
     seg.add_argument("--batch", type=int, default=4, help="windows per model call (default 4)")
     seg.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
@@ -134,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunks",
         type=int,
         default=None,
-        help="output chunk edge (default 512 for 2D windows, 256 for 3D)",
+        help="output chunk edge along the window axes (default 512 x 512 for 2D windows, "
+        "32 x 256 x 256 for 3D)",
     )
     seg.add_argument(
         "--bands",
@@ -241,9 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser(
-        "models", help="list the available models", description="List the available models."
+    models = sub.add_parser(
+        "models",
+        help="list the available models, or what one model knows",
+        description="List the available models; with MODEL, load it and list its classes (a "
+        "model with fixed classes, such as a MONAI bundle) or its concepts.",
     )
+    models.add_argument(
+        "model", nargs="?", default=None, help="a model name, model folder or MONAI bundle"
+    )
+    models.add_argument("--device", default="cpu", help="where to load MODEL (default cpu)")
     return parser
 
 
@@ -374,6 +428,7 @@ def _teach(args: argparse.Namespace) -> int:
 
 def segment_options(args: argparse.Namespace) -> SegmentOptions:
     """The run's options from ``napari-llmseg segment`` arguments (checked on creation)."""
+    from .backends.classes import parse_class_names
     from .options import SegmentOptions
 
     return SegmentOptions(
@@ -382,6 +437,8 @@ def segment_options(args: argparse.Namespace) -> SegmentOptions:
         overlap=args.overlap,
         batch_size=args.batch,
         blend=args.blend,
+        sigma_scale=args.sigma_scale,
+        cval=args.cval,
         threshold=args.threshold,
         device=args.device,
         channel_axis=args.channel_axis,
@@ -401,6 +458,7 @@ def segment_options(args: argparse.Namespace) -> SegmentOptions:
         vector=args.vector,
         simplify=args.simplify,
         report=args.report,
+        class_names=None if args.class_names is None else parse_class_names(args.class_names),
     )
 
 
@@ -451,6 +509,8 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if result.out is not None and result.out != options.out:
         print(f"working store {result.out} (what --resume completes; delete it when done)")
+    for prompt, found in (result.metadata.get("prompt_classes") or {}).items():
+        print(f"{prompt}: classes {', '.join(found['classes'])}")
     for line in result.summary():
         print(line)
     if result.info.batch_size_used < args.batch:
@@ -473,8 +533,30 @@ def _show_warning(
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
-def _models() -> int:
+def _model_classes(name: str, device: str) -> int:
+    """``napari-llmseg models MODEL``: what one model answers to."""
+    from .backends.registry import get_model
+
+    model = get_model(name, device=device)
+    classes = getattr(model, "class_names", None)
+    if classes:
+        print(f"{model.name} ({name}): {len(classes)} classes, one output channel each")
+        for channel, label in sorted(classes.items()):
+            print(f"  {channel:>3}  {label}")
+        print("Prompts are matched to these classes by words ('kidneys' -> every kidney "
+              "class) or by meaning (docs/radiology.md).")  # fmt: skip
+        return 0
+    concepts = model.concepts()
+    what = ", ".join(concepts) if concepts else "open vocabulary (any text prompt)"
+    print(f"{model.name} ({name}) knows: {what}")
+    return 0
+
+
+def _models(args: argparse.Namespace | None = None) -> int:
     from .backends.registry import list_models, model_info
+
+    if args is not None and getattr(args, "model", None):
+        return _model_classes(args.model, args.device)
 
     rows = [("name", "default id", "instances", "weights local", "description")]
     for name in list_models():
@@ -494,9 +576,7 @@ def _models() -> int:
     print()
     for name in list_models():  # what each model knows: a closed vocabulary, or any text
         info = model_info(name)
-        what = ", ".join(info.concepts) if info.concepts else "open vocabulary (any text prompt)"
-        if info.default_id == "FOLDER":  # a model that exists only as a folder
-            what = "what its folder's config.json lists under concepts"
+        what = ", ".join(info.concepts) or info.vocabulary or "open vocabulary (any text prompt)"
         print(f"{name} knows: {what}")
     print(
         "A model folder (--model FOLDER) lists its own concepts in its config.json; a prompt far"
@@ -573,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _segment(args)
         if args.command == "train":
             return _train(args)
-        return _models()
+        return _models(args)
     except (*USER_ERRORS, StoreLockedError, StoreReplacedError) as err:
         print(f"napari-llmseg: error: {_one_line(err)}", file=sys.stderr)
         return 2

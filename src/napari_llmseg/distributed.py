@@ -42,13 +42,16 @@ class TaskSpec:
     prompts: list[str]
     encoded: Any  # prompt encodings computed on the client (backends only)
     stats: dict
-    plan: Any  # WindowPlan
-    blend: str
+    plan: Any  # WindowPlan, with the blend mode and sigma_scale of the weights
     batch_size: int
     threshold: float
     out: str
     run_id: str
     bands: Any = None  # band selection of a (Geo)TIFF path, opened again on each worker
+    cval: float | None = None  # pad value (None: the model's own)
+    output_key: Any = None  # which output of a callable returning several
+    classes: Any = None  # output channels of each prompt, for a model with named classes
+    class_names: Any = None  # {channel: name} of such a model
 
 
 #: Dask's nanny exports this (65536) to its workers, which makes glibc map and zero every
@@ -219,7 +222,6 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     from .engine.predictor import make_predictor
     from .engine.store import OutputStore
     from .engine.stream import drain, run
-    from .engine.windows import importance_map
     from .io.open import open_image
 
     torch.set_num_threads(max(1, int(get_worker().state.nthreads)))
@@ -230,7 +232,8 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     stats = IntensityStats.from_dict(spec.stats)
     predictor = make_predictor(
         _worker_model(model, spec.device), spec.prompts, stats=stats,
-        n_channels=source.n_channels, encoded=spec.encoded,
+        n_channels=source.n_channels, encoded=spec.encoded, cval=spec.cval,
+        output_key=spec.output_key, classes=spec.classes, class_names=spec.class_names,
     )  # fmt: skip
     progress = Queue(f"{spec.run_id}-progress")
     reported = [0, time.monotonic()]  # windows reported, when
@@ -243,7 +246,7 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     info = drain(
         run(
             source, predictor, spec.plan, store,
-            weights=importance_map(spec.plan.roi, spec.blend), batch_size=spec.batch_size,
+            weights=spec.plan.weights(), batch_size=spec.batch_size,
             threshold=spec.threshold, done=done, cancel=_DistributedEvent(f"{spec.run_id}-cancel"),
         ),
         report,
@@ -401,12 +404,15 @@ def run_on_cluster(
             encoded=getattr(predictor, "encoded", None),
             stats=stats.to_dict(),
             plan=run.plan,
-            blend=run.options.blend,
             batch_size=run.options.batch_size,
             threshold=run.options.threshold,
             out=str(store.path),
             run_id=f"llmseg-{uuid.uuid4().hex}",
             bands=run.options.bands if source.paths else None,
+            cval=run.options.cval,
+            output_key=run.options.output_key,
+            classes=run.classes,
+            class_names=run.class_names,
         )
         return (
             yield from run_distributed(client, spec, image_arg, model_arg, done, cancel, source)

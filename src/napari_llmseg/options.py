@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-#: Smallest window edge the engine accepts.
+#: Smallest window edge of a model backend (a callable model takes windows of any size).
 MIN_ROI = 16
 #: Smallest output chunk edge.
 MIN_CHUNK = 16
@@ -61,23 +61,84 @@ def _number(name: str, value: Any, lo: float, hi: float, *, hi_open: bool) -> fl
     return v
 
 
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return v
+
+
 def _int(name: str, value: Any, lo: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
 
-def _roi(value: Any) -> int | tuple[int, ...] | None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _roi(value: Any, backend: bool) -> int | tuple[int | None, ...] | None:
+    """An int, or a sequence of ints and Nones; None or <= 0: the image's extent (MONAI)."""
     if value is None:
         return None
-    items = (value,) if np.isscalar(value) else tuple(value)
-    if not items or not all(
-        isinstance(r, (int, np.integer)) and not isinstance(r, bool) for r in items
-    ):
-        raise ValueError(f"roi_size must be an int or a sequence of ints, got {value!r}")
-    if any(r < MIN_ROI for r in items):
-        raise ValueError(f"roi_size must be at least {MIN_ROI} pixels, got {value!r}")
-    return int(items[0]) if np.isscalar(value) else tuple(int(r) for r in items)
+    scalar = np.isscalar(value)
+    try:
+        items = (value,) if scalar else tuple(value)
+    except TypeError:
+        items = ()
+    if not items or isinstance(value, str) or not all(r is None or _is_int(r) for r in items):
+        raise ValueError(
+            "roi_size must be an int or a sequence of ints (None or <= 0: the image's extent "
+            f"along that axis), got {value!r}"
+        )
+    if backend and any(r is not None and 0 < r < MIN_ROI for r in items):
+        raise ValueError(
+            f"roi_size must be at least {MIN_ROI} pixels, got {value!r} (a model backend's "
+            "windows; a callable model takes any size)"
+        )
+    return int(value) if scalar else tuple(None if r is None else int(r) for r in items)
+
+
+def _numbers(
+    name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False
+) -> float | tuple[float, ...]:
+    """A number, or a non-empty sequence of numbers, each in [lo, hi) (or (lo, hi))."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence | np.ndarray):
+        items, scalar = (value,), True
+    else:
+        items, scalar = tuple(value), False
+    if not items:
+        raise ValueError(f"{name} must be a number or one number per window axis, got {value!r}")
+    out = []
+    for v in items:
+        if isinstance(v, bool):
+            raise TypeError(f"{name} must be a number or one per window axis, got {value!r}")
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must be a number or one per window axis, got {value!r}"
+            ) from None
+        low_ok = lo < f if lo_open else lo <= f
+        if not (low_ok and f < hi):
+            what = f"> {lo}" if lo_open and hi == math.inf else f"in [{lo}, {hi})"
+            axes = "" if scalar else " on every window axis"
+            raise ValueError(f"{name} must be {what}{axes}, got {value!r}")
+        out.append(f)
+    return out[0] if scalar else tuple(out)
+
+
+def _is_backend_spec(model: Any) -> bool:
+    """Whether ``model`` names or is a backend (which has a smallest window), not a callable."""
+    from .engine.predictor import is_backend
+
+    return model is None or isinstance(model, (str, Path)) or is_backend(model)
 
 
 def check_scheduler(scheduler: Any) -> None:
@@ -132,18 +193,49 @@ class SegmentOptions:
     ----------
     model : None, str, PathLike, PromptSegmenter or callable
         None for the embedded ``llmseg-tiny``; a name from :func:`list_models`; a local model
-        folder; a loaded backend; or ``f(batch, prompts) -> logits`` taking a float32 torch
-        tensor (B, C, H, W) of raw (un-normalised) pixels and returning (B, P, H, W).
+        folder; a loaded backend; or a callable (a function or a ``torch.nn.Module``, e.g. a
+        MONAI network) taking a float32 torch tensor (B, C, *roi) of raw (un-normalised)
+        pixels and returning logits (B, P, *roi), one channel per prompt in order. It is
+        called ``f(batch, prompts)`` when it takes two positional arguments without defaults
+        (or has a ``prompts`` parameter: ``f(batch, prompts=prompts)``), else ``f(batch)``; a
+        tuple/list or dict output gives its first item (see ``output_key``). See
+        ``docs/windows.md``. With ``class_names``, it returns one channel per class instead.
+    class_names : mapping of int to str, or sequence of str, optional
+        For a model with fixed classes (``{1: "liver", 2: "kidney_right"}``; a list names
+        channels 0, 1, ...): the model returns one output channel per class (logits, or
+        softmax probabilities), and each prompt is matched to the classes it means, by words
+        ("kidneys" -> both kidney classes) or by meaning with the text encoder; their
+        probabilities (a softmax over all classes) are summed into the prompt's. A prompt
+        matching no class is refused, naming the nearest. A MONAI bundle names its own classes
+        (these rename some of them). See ``docs/radiology.md`` and
+        :mod:`napari_llmseg.backends.classes`.
     roi_size : int or tuple of int, optional
-        Window size (default: the model's, 256 for llmseg-tiny); at least 16. Windows larger
-        than the image are padded, as in MONAI.
-    overlap : float
-        Overlap of neighbouring windows, in [0, 1).
+        Window size (default: the model's, 256 for llmseg-tiny). An int gives the model's
+        windows (2D for every bundled backend and for callables); a tuple gives one entry per
+        window axis, the image's last ``len(roi_size)`` spatial axes, so ``(96, 96, 96)``
+        runs 3D windows over a volume and ``(256, 256)`` 2D windows plane by plane (leading
+        axes are taken one index at a time). Entries that are None or <= 0 mean the image's
+        extent along that axis, as in MONAI. At least 16 for a model backend; any size for a
+        callable. Windows larger than the image are padded, as in MONAI.
+    overlap : float or tuple of float
+        Overlap of neighbouring windows, in [0, 1): one for every window axis or one per axis.
     batch_size : int
         Windows per model call; windows of different planes share batches.
     blend : {"gaussian", "constant"}
         Weighting of overlapping windows (MONAI's ``mode``); logits are blended, then the
         sigmoid is applied.
+    sigma_scale : float or tuple of float
+        With ``blend="gaussian"``, the gaussian's standard deviation as a fraction of the
+        window size (MONAI's ``sigma_scale``, default 0.125): one for every axis or one per
+        axis, > 0.
+    cval : float, optional
+        Raw value given to pixels outside the image (windows larger than the image) and to
+        non-finite or nodata pixels, before the model sees them (MONAI's ``cval``). Default:
+        0 for a callable model (as MONAI), the backend's own (the low percentile) for a
+        backend.
+    output_key : int or str, optional
+        For a callable model that returns a tuple/list or dict (deep supervision, several
+        heads): which output to blend, by index or key. Default: the first.
     threshold : float
         Probability above which a pixel is labelled; where several prompts pass, the most
         probable wins.
@@ -173,7 +265,8 @@ class SegmentOptions:
     overwrite : bool
         Replace an existing ``out`` (only a napari-llmseg store or an empty folder).
     chunks : int, optional
-        Output chunk edge along the window axes (default 512 for 2D windows, 256 for 3D).
+        Output chunk edge along every window axis (default 512 x 512 for 2D windows,
+        32 x 256 x 256 for 3D windows: shallow along Z, which bounds the open chunks).
     instances : bool
         Also label objects: ``result.instances`` gives every connected object of one class a
         single id across the whole input (chunk by chunk, identical to labelling the whole
@@ -211,10 +304,14 @@ class SegmentOptions:
     """
 
     model: Any = None
-    roi_size: int | tuple[int, ...] | None = None
-    overlap: float = 0.25
+    roi_size: int | tuple[int | None, ...] | None = None
+    overlap: float | tuple[float, ...] = 0.25
     batch_size: int = 4
     blend: str = "gaussian"
+    sigma_scale: float | tuple[float, ...] = 0.125
+    cval: float | None = None
+    output_key: int | str | None = None
+    class_names: Any = None
     threshold: float = 0.5
     device: str = "auto"
     channel_axis: int | None = None
@@ -244,8 +341,28 @@ class SegmentOptions:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        put("roi_size", _roi(self.roi_size))
-        put("overlap", _number("overlap", self.overlap, 0.0, 1.0, hi_open=True))
+        backend = _is_backend_spec(self.model)
+        put("roi_size", _roi(self.roi_size, backend))
+        put("overlap", _numbers("overlap", self.overlap, 0.0, 1.0))
+        put("sigma_scale", _numbers("sigma_scale", self.sigma_scale, 0.0, math.inf, lo_open=True))
+        if self.cval is not None:
+            put("cval", _finite("cval", self.cval))
+        if self.class_names is not None:
+            from .backends.classes import check_class_names
+
+            put("class_names", check_class_names(self.class_names))
+        if self.output_key is not None:
+            if backend:
+                raise ValueError(
+                    f"output_key={self.output_key!r} picks an output of a callable model; a "
+                    "model backend returns one"
+                )
+            if isinstance(self.output_key, bool) or not isinstance(
+                self.output_key, (int, np.integer, str)
+            ):
+                raise TypeError(f"output_key must be an int or a str, got {self.output_key!r}")
+            if isinstance(self.output_key, np.integer):
+                put("output_key", int(self.output_key))
         put("threshold", _number("threshold", self.threshold, 0.0, 1.0, hi_open=False))
         put("batch_size", _int("batch_size", self.batch_size, 1, "a positive integer"))
         try:
@@ -336,6 +453,8 @@ class SegmentOptions:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
+            elif f.name == "class_names" and value is not None:
+                value = {str(k): v for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
             elif value is not None and not isinstance(value, (str, int, float, bool, list)):

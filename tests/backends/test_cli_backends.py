@@ -30,7 +30,7 @@ def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
     assert header[:2] == ["name", "default"] and "instances" in header
-    table = lines[1 : lines.index("")]
+    table = lines[1 : lines.index("")]  # then what each model knows
     rows = {line.split()[0]: line.split()[1:4] for line in table}
     assert rows == {
         "llmseg-tiny": ["embedded", "no", "yes"],
@@ -38,7 +38,12 @@ def test_models_lists_every_backend(hf_cache, clipseg_dir, capsys):
         "sam3": ["facebook/sam3", "yes", "no"],
         "llmseg-taught": ["FOLDER", "no", "yes"],
         "grounded-sam": ["IDEA-Research/grounding-dino-tiny+facebook/sam-vit-base", "yes", "no"],
+        "monai": ["monai:NAME", "no", "no"],
     }
+    knows = lines[lines.index("") + 1 :]
+    assert "monai knows: the bundle's classes (napari-llmseg models BUNDLE lists them)" in knows
+    assert knows[0] == "llmseg-tiny knows: bone, brain, nuclei, soft tissue, vegetation, water"
+    assert "llmseg-taught knows: what its folder's config.json lists under concepts" in knows
 
 
 @pytest.mark.parametrize("kind", ["clipseg", "sam3", "grounded-sam"])

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_builtin_names_and_infos(hf_cache):
-    assert list_models()[:5] == ["llmseg-tiny", "clipseg", "grounded-sam", "llmseg-taught", "sam3"]
+    builtin = ["llmseg-tiny", "clipseg", "grounded-sam", "llmseg-taught", "monai", "sam3"]
+    assert list_models()[:6] == builtin
     assert model_info("clipseg") == ModelInfo(
         "clipseg",
         "CIDAS/clipseg-rd64-refined@325a839908143a34b409ae6f2910fa015ea390e6",
@@ -81,9 +82,10 @@ def test_entry_point_backends(monkeypatch):
     ep = SimpleNamespace(name="myseg", value="myseg_pkg:load", load=lambda: load)
     ours = registry._entry_points()
     monkeypatch.setattr(registry, "_entry_points", lambda: {**ours, "myseg": ep})
-    registry.backend_spec.cache_clear()
-    assert list_models() == ["llmseg-tiny", "clipseg", "grounded-sam", "llmseg-taught", "sam3",
-                             "myseg"]
+    assert list_models() == [
+        "llmseg-tiny", "clipseg", "grounded-sam", "llmseg-taught", "monai", "sam3", "myseg",
+    ]
+    assert list_models() == ["llmseg-tiny", "clipseg", "grounded-sam", "monai", "sam3", "myseg"]
     assert isinstance(get_model("myseg:some/weights", device="cpu", dtype="bf16"), Plugin)
     assert get_model("myseg", device="cpu").name == "myseg"
     assert calls == [("some/weights", "cpu", "bf16"), (None, "cpu", None)]

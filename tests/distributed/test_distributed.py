@@ -73,6 +73,43 @@ def test_identical_to_single_process(client, volume, tmp_path):
     same_store(tmp_path / "single.zarr", tmp_path / "dist.zarr")
 
 
+def test_3d_windows_identical_to_single_process(client, tmp_path):
+    """3D windows, per-axis overlap, sigma_scale and cval reach the workers (in the plan and
+    the task); tasks split the slabs of chunks along Z, windows on their borders run in both."""
+    src = tmp_path / "vol.zarr"
+    rng = np.random.default_rng(4)
+    write_zarr(src, rng.normal(size=(40, 96, 80)).astype(np.float32), (8, 96, 80))
+    kw = dict(roi_size=(12, 48, 48), overlap=(0.5, 0.25, 0.25), sigma_scale=(0.2, 0.1, 0.125),
+              cval=-2.0, chunks=16)  # fmt: skip
+    ref = single_thread_reference(src, tmp_path / "single.zarr", smooth_model, **kw)
+    res = segment(src, ["a", "b"], model=smooth_model, out=tmp_path / "dist.zarr",
+                  scheduler=client, **{**KW, **kw})  # fmt: skip
+    assert res.complete and res.info.windows > ref.info.windows  # border windows run twice
+    group = zarr.open_group(tmp_path / "dist.zarr", mode="r")
+    assert group["labels/segmentation/0"].chunks == (16, 16, 16)
+    same_store(tmp_path / "single.zarr", tmp_path / "dist.zarr")
+
+
+def test_named_classes_reach_the_workers(client, tmp_path):
+    """A model with named classes on a cluster: the workers get each prompt's class channels
+    and merge them as the single process does."""
+    src = tmp_path / "vol.zarr"
+    write_zarr(src, np.random.default_rng(5).normal(size=(24, 64, 80)).astype(np.float32),
+               (8, 64, 80))  # fmt: skip
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 4, 3, padding=1).eval()
+    kw = dict(model=net, class_names={1: "liver", 2: "kidney_right", 3: "kidney_left"},
+              roi_size=(8, 32, 32), chunks=16)  # fmt: skip
+    ref = segment(src, ["kidneys", "liver"], out=tmp_path / "single.zarr", **{**KW, **kw})
+    res = segment(src, ["kidneys", "liver"], out=tmp_path / "dist.zarr", scheduler=client,
+                  **{**KW, **kw})  # fmt: skip
+    assert res.complete and res.metadata["prompt_classes"] == ref.metadata["prompt_classes"]
+    np.testing.assert_array_equal(np.asarray(res.labels), np.asarray(ref.labels))
+    np.testing.assert_allclose(np.asarray(res.probabilities), np.asarray(ref.probabilities),
+                               atol=1 / 255)  # fmt: skip
+    assert 0 < (np.asarray(res.labels) == 1).mean() < 1
+
+
 def test_named_model_loaded_on_workers_with_shipped_prompts(client, volume, tmp_path):
     import tifffile
 

@@ -19,6 +19,8 @@ from napari_llmseg import segment
 from tests.conftest import ROOT, paced_model, result_arrays, smooth_model, write_zarr
 
 KW = dict(model=smooth_model, roi_size=64, overlap=0.25, batch_size=4, chunks=64)
+#: 3D windows over the same volume: 4 x 5 x 5 windows, output chunks of 16^3 (2 along Z)
+KW3 = dict(model=smooth_model, roi_size=(8, 64, 64), overlap=0.25, batch_size=4, chunks=16)
 
 
 def _volume(path: Path) -> Path:
@@ -38,19 +40,26 @@ def _assert_identical(a: Path, b: Path) -> None:
     assert np.asarray(gb["napari_llmseg/chunks_done"][...]).all()
 
 
-def test_resume_after_cancel_is_bit_identical(tmp_path):
+@pytest.mark.parametrize(
+    ("kw", "stop_at", "label_chunks"), [(KW, 100, (1, 64, 64)), (KW3, 80, (16, 16, 16))]
+)
+def test_resume_after_cancel_is_bit_identical(tmp_path, kw, stop_at, label_chunks):
     src = _volume(tmp_path / "in.zarr")
-    segment(src, ["a", "b"], out=tmp_path / "full.zarr", **KW)
+    full = segment(src, ["a", "b"], out=tmp_path / "full.zarr", **kw)
     cancel = threading.Event()
     part = segment(
         src,
         ["a", "b"],
         out=tmp_path / "part.zarr",
         cancel=cancel,
-        progress=lambda d, t: cancel.set() if d >= 100 else None,
-        **KW,
+        progress=lambda d, t: cancel.set() if d >= stop_at else None,
+        **kw,
     )
     assert not part.complete
+    done = np.asarray(
+        zarr.open_group(tmp_path / "part.zarr", mode="r")["napari_llmseg/chunks_done"][...]
+    )
+    assert 0 < done.sum() < done.size
     calls = []
     rest = segment(
         src,
@@ -58,13 +67,24 @@ def test_resume_after_cancel_is_bit_identical(tmp_path):
         out=tmp_path / "part.zarr",
         resume=True,
         progress=lambda d, t: calls.append((d, t)),
-        **KW,
+        **kw,
     )
     assert rest.complete
     # only windows touching unfinished chunks ran again
-    assert 0 < rest.info.total < part.info.total
+    assert 0 < rest.info.total < part.info.total == full.info.windows
     _assert_identical(tmp_path / "full.zarr", tmp_path / "part.zarr")
-    assert zarr.open_group(tmp_path / "part.zarr").attrs["napari_llmseg"]["status"] == "complete"
+    group = zarr.open_group(tmp_path / "part.zarr")
+    assert group.attrs["napari_llmseg"]["status"] == "complete"
+    assert group.attrs["napari_llmseg"]["roi_size"] == list(
+        (kw["roi_size"],) * 2 if isinstance(kw["roi_size"], int) else kw["roi_size"]
+    )
+    assert group["labels/segmentation/0"].chunks == label_chunks
+    assert group["0"].chunks == (1, *label_chunks)  # probabilities: c = prompt, one chunk each
+    # 3D chunks reach the pyramid: every level is chunked like level 0, resumed levels done
+    levels = group.attrs["napari_llmseg"]["layout"]["level_chunks"]
+    assert levels[0] == list(label_chunks) and len(levels) >= 1
+    assert all(np.asarray(group[f"napari_llmseg/pyramid_done_{k}"][...]).all()
+               for k in range(1, len(levels)))  # fmt: skip
 
 
 KILL_SCRIPT = """
@@ -73,17 +93,20 @@ sys.path.insert(0, {root!r})
 from tests.conftest import paced_model
 from napari_llmseg import segment
 
-segment({src!r}, ["a", "b"], model=paced_model, roi_size=64, overlap=0.25, batch_size=4,
-        chunks=64, out={out!r})
+segment({src!r}, ["a", "b"], model=paced_model, roi_size={roi!r}, overlap=0.25, batch_size=4,
+        chunks={chunks!r}, out={out!r})
 """
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize(("kw", "pace"), [(KW, 0.03), (KW3, 0.15)])
+def test_kill_9_then_resume_is_bit_identical(tmp_path, kw, pace):
     src = _volume(tmp_path / "in.zarr")
     out = tmp_path / "killed.zarr"
-    script = KILL_SCRIPT.format(root=str(ROOT), src=str(src), out=str(out))
-    env = {**os.environ, "LLMSEG_TEST_PACE": "0.03"}
+    script = KILL_SCRIPT.format(
+        root=str(ROOT), src=str(src), out=str(out), roi=kw["roi_size"], chunks=kw["chunks"]
+    )
+    env = {**os.environ, "LLMSEG_TEST_PACE": str(pace)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
     done = total = 0
     try:
@@ -103,10 +126,10 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     assert 0 < done < total, (done, total)
     group = zarr.open_group(out, mode="r")
     assert group.attrs["napari_llmseg"]["status"] == "running"  # it never got to finish
-    kw = {**KW, "model": paced_model}  # same model as the killed run, unpaced here
+    kw = {**kw, "model": paced_model}  # same model as the killed run, unpaced here
     resumed = segment(src, ["a", "b"], out=out, resume=True, **kw)
-    assert resumed.complete and resumed.info.total < 24 * 25
-    segment(src, ["a", "b"], out=tmp_path / "full.zarr", **kw)
+    full = segment(src, ["a", "b"], out=tmp_path / "full.zarr", **kw)
+    assert resumed.complete and resumed.info.total < full.info.windows
     _assert_identical(tmp_path / "full.zarr", out)
 
 

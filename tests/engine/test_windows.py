@@ -7,7 +7,7 @@ import pytest
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from napari_llmseg.engine.windows import WindowPlan, importance_map, scan_interval
+from napari_llmseg.engine.windows import WindowPlan, importance_map, resolve_roi, scan_interval
 
 
 @pytest.mark.parametrize(
@@ -102,3 +102,67 @@ def test_plan_rejects_bad_chunks():
         WindowPlan((4, 64, 64), (32, 32), 0.25, (2, 32, 32))
     with pytest.raises(ValueError, match="one entry per axis"):
         WindowPlan((64, 64), (32, 32), 0.25, (32,))
+
+
+@pytest.mark.parametrize(
+    ("plane", "roi", "overlap"),
+    [
+        ((40, 50, 36), (24, 32, 32), (0.5, 0.25, 0.0)),
+        ((16, 15, 7), (4, 15, 7), 0.25),
+        ((10, 11, 12, 9), (4, 4, 4, 4), (0.1, 0.2, 0.3, 0.4)),
+        ((30, 20, 10), (48, 8, 10), (0.0, 0.75, 0.5)),
+    ],
+)
+def test_nd_window_starts_equal_monai(plane, roi, overlap):
+    plan = WindowPlan(plane, roi, overlap, plane)
+    overlaps = overlap if isinstance(overlap, tuple) else (overlap,) * len(roi)
+    padded = tuple(max(s, r) for s, r in zip(plane, roi))
+    step = _get_scan_interval(padded, roi, len(roi), overlaps)
+    monai = dense_patch_slices(padded, roi, step)
+    ours = [
+        tuple(slice(int(plan.starts[a][i]) + plan.pad_before[a], None) for a, i in enumerate(pos))
+        for pos in itertools.product(*[range(len(s)) for s in plan.starts])
+    ]
+    assert [tuple(s.start for s in w) for w in ours] == [tuple(s.start for s in w) for w in monai]
+    assert plan.overlap == overlaps
+
+
+@pytest.mark.parametrize("sigma", [0.125, 0.3, (0.1, 0.25, 0.5)])
+def test_importance_map_with_sigma_per_axis_equals_monai(sigma):
+    ours = importance_map((12, 20, 9), "gaussian", sigma)
+    ref = compute_importance_map((12, 20, 9), mode="gaussian", sigma_scale=sigma).numpy()
+    np.testing.assert_array_equal(ours, ref)
+    plan = WindowPlan((30, 30, 30), (12, 20, 9), 0.25, (16, 16, 16), sigma_scale=sigma)
+    np.testing.assert_array_equal(plan.weights(), ref)
+
+
+@pytest.mark.parametrize(
+    ("roi", "plane", "expected"),  # monai.utils.fall_back_tuple's own examples, and a scalar
+    [
+        ((1, 2), (32, 32), (1, 2)),
+        (None, (32, 32), (32, 32)),
+        ((-1, 10), (32, 32), (32, 10)),
+        ((-1, None), (32, 32), (32, 32)),
+        ((1, None), (32, 32), (1, 32)),
+        (0, (32, 32), (32, 32)),
+        (16, (32, 8), (16, 16)),
+        ((4, -1, 7), (16, 15, 7), (4, 15, 7)),
+    ],
+)
+def test_resolve_roi_falls_back_to_the_image_extent(roi, plane, expected):
+    assert resolve_roi(roi, plane) == expected
+
+
+def test_plan_rejects_bad_windows():
+    with pytest.raises(ValueError, match=r"roi_size \[0\] has 1 entries for the 2 window axes"):
+        resolve_roi([0], (32, 32))
+    with pytest.raises(ValueError, match=r"must hold window sizes >= 1; resolve MONAI's -1"):
+        WindowPlan((16, 15, 7), (4, -1, 7), 0.25, (16, 15, 7))
+    with pytest.raises(ValueError, match=r"roi \(4, 4, 4\) must have 1 to 2 entries"):
+        WindowPlan((16, 15), (4, 4, 4), 0.25, (16, 15))
+    with pytest.raises(ValueError, match=r"overlap must be in \[0.0, 1.0\), got \(0.5, 1.0\)"):
+        WindowPlan((16, 15), (4, 4), (0.5, 1.0), (16, 15))
+    with pytest.raises(ValueError, match=r"overlap \(0.5, 0.5, 0.5\) has 3 entries for 2D"):
+        WindowPlan((16, 15), (4, 4), (0.5, 0.5, 0.5), (16, 15))
+    with pytest.raises(ValueError, match=r"sigma_scale must be > 0, got \(0.1, 0.0\)"):
+        WindowPlan((16, 15), (4, 4), 0.5, (16, 15), sigma_scale=(0.1, 0.0))

@@ -85,7 +85,8 @@ class PromptSegmenter(ABC):
     name : str
         Registry name (``"llmseg-tiny"``, ``"clipseg"``...).
     spatial_dims : int
-        Number of axes a window has (2 for image models; a 3D input runs plane by plane).
+        Number of axes a window has: 2 for image models (a volume runs plane by plane), 3 for
+        volumetric ones (3D windows over a volume; ``roi_size`` then takes 3 entries).
     default_roi : int
         Window edge used when the caller gives no ``roi_size``.
     gives_instances : bool
@@ -95,6 +96,14 @@ class PromptSegmenter(ABC):
         Most windows the backend runs at once, lowered after a GPU out-of-memory error
         (None: no limit found). The engine reports the batch size in effect as
         ``RunInfo.batch_size_used``.
+    class_names : dict of int to str, or None
+        For a model with fixed classes (a MONAI bundle): its output channels' names; prompts
+        are then matched to classes (:mod:`.classes`) and :meth:`predict` returns one channel
+        per class. None for a model that reads prompts itself.
+
+    A backend may also define ``for_input(metadata) -> PromptSegmenter``: a copy set up for an
+    input's geometry (``ImageSource.metadata``: spacing, affine), which the run uses instead
+    (a MONAI bundle takes its window size in the input's voxels and its resampling from it).
     """
 
     name: str = "backend"
@@ -102,6 +111,7 @@ class PromptSegmenter(ABC):
     default_roi: int = 256
     gives_instances: bool = False
     batch_limit: int | None = None
+    class_names: dict[int, str] | None = None
 
     @abstractmethod
     def encode_prompts(self, prompts: Sequence[str]) -> Any:
@@ -215,6 +225,8 @@ class ModelInfo:
     description: str
     concepts: tuple[str, ...] = ()
     can_finetune: bool = False
+    #: What prompts it answers when that is not a list of concepts (empty: any text).
+    vocabulary: str = ""
 
 
 @dataclass(frozen=True)
@@ -237,6 +249,9 @@ class BackendSpec:
         ``model_type`` values in a model folder's config.json that this backend loads.
     folder_refusals : dict of str to str
         ``model_type`` values it recognises but cannot load alone, with the reason.
+    folder_layout : callable, optional
+        ``folder_layout(path) -> bool``: whether a folder without config.json is one this
+        backend loads, recognised by its files (a MONAI bundle: ``configs/metadata.json``).
     """
 
     name: str
@@ -244,6 +259,7 @@ class BackendSpec:
     info: Callable[[], ModelInfo]
     folder_types: tuple[str, ...] = ()
     folder_refusals: dict[str, str] = field(default_factory=dict)
+    folder_layout: Callable[[Path], bool] | None = None
 
 
 #: Weight files that need pickle to load (and can run code when loaded): always refused.

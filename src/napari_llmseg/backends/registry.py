@@ -128,6 +128,11 @@ def get_model(
 def _read_model_type(path: Path) -> Any:
     config = path / "config.json"
     if not config.is_file():
+        for name in list_models():  # a folder recognised by its layout (a MONAI bundle)
+            spec = backend_spec(name)
+            if spec.folder_layout is not None and spec.folder_layout(path):
+                return spec
+
         raise ValueError(
             f"model folder '{path}' has no config.json, so its architecture is unknown"
         )
@@ -143,6 +148,8 @@ def _read_model_type(path: Path) -> Any:
 def _load_folder(path: Path, device: Any, dtype: Any) -> PromptSegmenter:
     """Load a model folder with the backend that declares its ``model_type``."""
     model_type = _read_model_type(path)
+    if isinstance(model_type, BackendSpec):
+        return model_type.load(str(path), device=device, dtype=dtype)
     if isinstance(model_type, str) and model_type in _entry_points():  # the usual case
         spec = backend_spec(model_type)
         if model_type in spec.folder_types:

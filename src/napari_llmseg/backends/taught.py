@@ -529,6 +529,7 @@ def _info() -> ModelInfo:
         True,
         f"{TINY} taught a concept from painted corrections (napari_llmseg.teach)",
         can_finetune=False,
+        vocabulary="what its folder's config.json lists under concepts",
     )
 
 

@@ -101,6 +101,9 @@ RESUME_KEYS = (
     "overlap",
     "batch_size",
     "blend",
+    "sigma_scale",
+    "cval",
+    "output_key",
     "threshold",
     "chunks",
     "channel_axis",
@@ -108,7 +111,10 @@ RESUME_KEYS = (
     "window",
     "instances",
     "postprocess",
+    "class_names",
 )
+#: Values of resume keys that stores written before the key existed were run with.
+RESUME_DEFAULTS = {"sigma_scale": 0.125, "cval": None, "output_key": None, "class_names": None}
 #: Fingerprints that must match for a run to resume (engine/fingerprint.py).
 FINGERPRINT_KEYS = ("input_fingerprint", "model_fingerprint")
 
@@ -406,6 +412,8 @@ class OutputStore:
                 "are missing); start again with overwrite=True (--overwrite)"
             )
         for key in RESUME_KEYS:
+            if key not in stored and key in RESUME_DEFAULTS:
+                stored[key] = RESUME_DEFAULTS[key]
             if _jsonish(stored.get(key)) != _jsonish(attrs.get(key)):
                 raise ValueError(
                     f"cannot resume into '{out}': it was started with {key}="

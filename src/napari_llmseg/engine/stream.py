@@ -3,7 +3,8 @@
 Three stages run at once:
 
 * a reader thread reads one band of the input at a time (a row of windows across the whole
-  width, for a group of planes; with a chunked source the band ends on a chunk boundary and
+  width, for a group of planes; for 3D windows a slab of the volume, a row of windows along Z
+  across the whole Y, X extent; with a chunked source the band ends on a chunk boundary and
   keeps the rows it shares with the next, so every storage chunk is decoded once per plane
   group), cuts windows out of it, replaces padding, non-finite pixels
   and pixels the source marks as carrying no data (:meth:`ImageSource.invalid`, e.g. a
@@ -13,9 +14,10 @@ Three stages run at once:
 * a writer thread turns every chunk whose last window has been blended into probabilities and
   labels and hands it to the sink (memory or a zarr store).
 
-Only unfinished chunks are held in memory, so memory depends on the width of the input, not
-on its size. The core is a generator that yields :class:`Progress` after every batch and
-returns :class:`RunInfo`, so a GUI worker and a headless caller drive the same code.
+Only unfinished chunks are held in memory, so memory depends on the width of the input (its
+cross-section, for 3D windows: :meth:`WindowPlan.open_voxels`), not on its size. The core is
+a generator that yields :class:`Progress` after every batch and returns :class:`RunInfo`, so
+a GUI worker and a headless caller drive the same code.
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ from .windows import WindowPlan
 
 #: Budget for blending accumulators of unfinished chunks, used to size plane groups.
 OPEN_CHUNK_BUDGET = 256 * 1024**2
+#: Budget for finished chunks waiting for the writer thread: up to 32 chunks (all of them
+#: for 2D chunks of a few prompts), at least 2 (3D chunks of many prompts are large).
+WRITE_QUEUE_BUDGET = 128 * 1024**2
+
+
+def chunk_bytes(plan: WindowPlan, n_outputs: int) -> int:
+    """Bytes of one output chunk's accumulators: ``n_outputs + 1`` float32 sums and a flag
+    per voxel."""
+    return math.prod(plan.chunks) * ((n_outputs + 1) * 4 + 1)
+
+
+def write_queue_length(plan: WindowPlan, n_outputs: int) -> int:
+    """How many finished chunks may wait for the writer (WRITE_QUEUE_BUDGET, 2 to 32)."""
+    return max(2, min(32, WRITE_QUEUE_BUDGET // chunk_bytes(plan, n_outputs)))
 
 
 @dataclass(frozen=True)
@@ -233,7 +249,7 @@ class _Reader(threading.Thread):
         self.batches, self.group = batches, group
         self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
-        self._band_group: int | None = None  # first plane of the band's plane group
+        self._band_group: tuple[int, ...] | None = None  # leading indices of the band
         self._band_rows = (0, 0)  # rows [lo, hi) of the band along the tiled axis 0
         self._band: np.ndarray | None = None
         self._band_bad: np.ndarray | None = None
@@ -268,6 +284,11 @@ class _Reader(threading.Thread):
     ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
         """The band holding window row ``row`` of the plane group of ``lead``, and its origin.
 
+        A band spans every leading axis (the first one by plane group, the others one index at
+        a time), rows along the first tiled axis and the whole extent of the other tiled axes:
+        a band of rows of a 2D image, a slab of a volume for 3D windows. ``origin`` is the
+        band's first index along every leading axis and the first tiled axis.
+
         With a chunked source, bands end on the source's chunk boundaries and the next band
         keeps the rows the two share, so every storage chunk is read and decoded once per
         plane group rather than once for each row of windows that overlaps it (three times
@@ -276,24 +297,25 @@ class _Reader(threading.Thread):
         plan = self.plan
         start = int(plan.starts[0][row])
         y0, y1 = max(start, 0), min(start + plan.roi[0], plan.plane[0])
-        g0 = (lead[0] // self.group) * self.group if plan.n_lead else 0
+        key = ((lead[0] // self.group) * self.group, *lead[1:]) if plan.n_lead else ()
         lo, hi = self._band_rows
-        if self._band is None or g0 != self._band_group or not (lo <= y0 and y1 <= hi):
-            self._load_band(g0, y0, y1)
+        if self._band is None or key != self._band_group or not (lo <= y0 and y1 <= hi):
+            self._load_band(key, y0, y1)
         assert self._band is not None
-        origin = (g0, self._band_rows[0]) if plan.n_lead else (self._band_rows[0],)
-        return self._band, self._band_bad, origin
+        return self._band, self._band_bad, (*key, self._band_rows[0])
 
-    def _load_band(self, g0: int, y0: int, y1: int) -> None:
-        """Make the band cover rows [y0, y1) of the plane group starting at ``g0``."""
+    def _load_band(self, key: tuple[int, ...], y0: int, y1: int) -> None:
+        """Make the band cover rows [y0, y1) of the plane group ``key`` (first index along
+        every leading axis)."""
         plan = self.plan
         end = y1 if self.step is None else min(-(-y1 // self.step) * self.step, plan.plane[0])
         lo, hi = self._band_rows
-        keep = self._band is not None and g0 == self._band_group and lo <= y0 < hi
+        keep = self._band is not None and key == self._band_group and lo <= y0 < hi
         first = hi if keep else y0  # rows already in the band are not read again
         region: tuple[slice, ...] = (slice(first, end),) + (slice(None),) * (len(plan.roi) - 1)
         if plan.n_lead:
-            region = (slice(g0, min(g0 + self.group, plan.shape[0])), *region)
+            g0 = slice(key[0], min(key[0] + self.group, plan.shape[0]))
+            region = (g0, *(slice(i, i + 1) for i in key[1:]), *region)
         data = self.source.read(region)
         bad = self.source.invalid(region, data)
         if keep:
@@ -310,7 +332,7 @@ class _Reader(threading.Thread):
                 bad = np.concatenate([old_bad, bad], axis=axis)
             data = np.concatenate([old_data, data], axis=axis)
         self._band, self._band_bad = data, bad
-        self._band_group, self._band_rows = g0, (y0, end)
+        self._band_group, self._band_rows = key, (y0, end)
 
     def _make_batch(self, rows: np.ndarray) -> _Batch:
         plan = self.plan
@@ -324,9 +346,10 @@ class _Reader(threading.Thread):
             pos = tuple(int(v) for v in row[n_lead:])
             band, band_bad, origin = self._band_for(lead, pos[0])
             if n_lead:
-                band = band[lead[0] - origin[0]]
+                plane = tuple(v - o for v, o in zip(lead, origin, strict=False))
+                band = band[plane]
                 if band_bad is not None:
-                    band_bad = band_bad[lead[0] - origin[0]]
+                    band_bad = band_bad[plane]
             src: list[slice] = []
             dst: list[slice] = []
             for a, (lo, hi) in enumerate(plan.window_box(pos)):
@@ -381,10 +404,10 @@ DONE_FLUSH_SECONDS = 1.0
 class _Writer(threading.Thread):
     """Finalises finished chunks and writes them, off the model's thread."""
 
-    def __init__(self, plan: WindowPlan, sink: Sink, threshold: float):
+    def __init__(self, plan: WindowPlan, sink: Sink, threshold: float, maxsize: int = 32):
         super().__init__(name="llmseg-writer", daemon=True)
         self.plan, self.sink, self.threshold = plan, sink, threshold
-        self.queue: queue.Queue = queue.Queue(maxsize=32)
+        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
         self.written = 0
         self.pending: list[tuple[int, ...]] = []  # written, not yet marked done
@@ -485,7 +508,7 @@ def run(
     batches = batches_to_run(plan, plan.order(group), batch_size, done)
     info.total = int(sum(len(b) for b in batches))
     reader = _Reader(source, plan, predictor, batches, group, prefetch)
-    writer = _Writer(plan, sink, threshold)
+    writer = _Writer(plan, sink, threshold, write_queue_length(plan, predictor.n_outputs))
     n_lead = plan.n_lead
     n_out = predictor.n_outputs
     expected = (n_out, *plan.roi)
@@ -509,6 +532,13 @@ def run(
             if limit is not None:
                 info.batch_size_used = min(batch_size, int(limit))
             if logits.shape != (len(batch.rows), *expected):
+                if logits.shape[:1] + logits.shape[2:] == (len(batch.rows), *plan.roi):
+                    raise ValueError(
+                        f"the model returned {logits.shape[1]} output channels for "
+                        f"{n_out} prompts; it must give one channel per prompt, in order "
+                        f"(logits of shape {tuple(logits.shape)}, expected "
+                        f"{(len(batch.rows), *expected)})"
+                    )
                 raise ValueError(
                     f"the model returned logits of shape {tuple(logits.shape)} for a batch of "
                     f"{len(batch.rows)} windows; expected {(len(batch.rows), *expected)} "

@@ -55,6 +55,31 @@ def open_image(
     -------
     ImageSource
     """
+    return check_image_axes(_open(image, channel_axis, bands))
+
+
+def check_image_axes(source: ImageSource) -> ImageSource:
+    """``source`` if it is a 2D or 3D image (plus channels); the engine itself takes any
+    number of axes, but the rest of the pipeline (writers, measurements, napari) needs 2 or 3.
+
+    Raises
+    ------
+    ValueError
+        Naming the number of spatial axes and the shape.
+    """
+    n_spatial = len(source.spatial_shape)
+    if n_spatial not in (2, 3):
+        shape = tuple(int(s) for s in source.array.shape)
+        extra = " plus a channel axis" if source.channel_axis is not None else ""
+        hint = "" if source.channel_axis is not None else "; pass channel_axis= for channels"
+        raise ValueError(
+            f"expected a 2D (Y, X) or 3D (Z, Y, X) image{extra}, got {n_spatial} spatial "
+            f"axes with shape {shape}{hint}"
+        )
+    return source
+
+
+def _open(image: Any, channel_axis: int | None, bands: Any) -> ImageSource:
     if isinstance(image, ImageSource):
         if bands is not None:
             raise ValueError("bands= applies when opening a file; got an ImageSource")

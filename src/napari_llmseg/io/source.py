@@ -81,6 +81,9 @@ class LazyArray(ABC):
 class ImageSource:
     """A lazily read image with spatial axes first and an optional channel axis.
 
+    Any number of spatial axes (the engine is N-D); :func:`napari_llmseg.io.open.open_image`,
+    the way images enter a run, admits 2D and 3D images only.
+
     Attributes
     ----------
     array : array-like
@@ -126,14 +129,8 @@ class ImageSource:
                     f"{ndim} axes (shape {shape})"
                 )
             self.channel_axis %= ndim
-        n_spatial = ndim - (self.channel_axis is not None)
-        if n_spatial not in (2, 3):
-            extra = " plus a channel axis" if self.channel_axis is not None else ""
-            hint = "" if self.channel_axis is not None else "; pass channel_axis= for channels"
-            raise ValueError(
-                f"expected a 2D (Y, X) or 3D (Z, Y, X) image{extra}, got {n_spatial} spatial "
-                f"axes with shape {shape}{hint}"
-            )
+        if ndim - (self.channel_axis is not None) < 1:
+            raise ValueError(f"an image needs at least one spatial axis, got shape {shape}")
         if any(s < 1 for s in self.spatial_shape):
             raise ValueError(
                 f"the image has an empty spatial axis: shape {shape} "

@@ -371,7 +371,7 @@ class MonaiBundle(PromptSegmenter):
         return [self.folder / METADATA, self.folder / INFERENCE, self.weights_path]
 
     def concepts(self) -> list[str]:
-        return [n for c, n in sorted(self.class_names.items()) if c != 0]
+        return [n for c, n in sorted((self.class_names or {}).items()) if c != 0]
 
     def concept_phrasings(self) -> None:
         return None  # prompts are matched to classes instead (backends.classes)
@@ -465,7 +465,7 @@ class MonaiBundle(PromptSegmenter):
         x = batch.to(self.device)
         target = self._target_spacing()
         grid = size
-        if target is not None:
+        if target is not None and self.input_spacing is not None:
             grid = tuple(max(1, round(n * s / t)) for n, s, t in
                          zip(size, self.input_spacing, target, strict=True))  # fmt: skip
             x = F.interpolate(x, size=grid, mode="trilinear", align_corners=False)

@@ -85,7 +85,6 @@ def test_entry_point_backends(monkeypatch):
     assert list_models() == [
         "llmseg-tiny", "clipseg", "grounded-sam", "llmseg-taught", "monai", "sam3", "myseg",
     ]
-    assert list_models() == ["llmseg-tiny", "clipseg", "grounded-sam", "monai", "sam3", "myseg"]
     assert isinstance(get_model("myseg:some/weights", device="cpu", dtype="bf16"), Plugin)
     assert get_model("myseg", device="cpu").name == "myseg"
     assert calls == [("some/weights", "cpu", "bf16"), (None, "cpu", None)]

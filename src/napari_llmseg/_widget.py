@@ -219,7 +219,7 @@ class SegmentWidget(Container):
             concepts = model_info(str(spec)).concepts
             self.knows.value = ", ".join(concepts) if concepts else "open vocabulary (any text)"
         else:
-            self.knows.value = "(a model folder: see its config.json)"
+            self.knows.value = "(loading the model folder...)"
         self._schedule_prompt_check()
         self._schedule_preview()
 
@@ -240,16 +240,27 @@ class SegmentWidget(Container):
             self._prompt_list(), _connect={"returned": self._show_prompt_notes},
         )  # fmt: skip
 
-    def _prompt_notes_work(self, spec: Any, device: str, prompts: list[str]) -> list[str]:
+    def _prompt_notes_work(
+        self, spec: Any, device: str, prompts: list[str]
+    ) -> tuple[list[str], str | None]:
+        """The prompts' warnings, and for a model folder what the loaded model knows (its
+        concepts or classes)."""
         from .backends.knowledge import prompt_warnings
 
         try:
-            return prompt_warnings(self._backend(spec, device), prompts)
+            model = self._backend(spec, device)
+            knows = None
+            if isinstance(spec, (str, Path)) and Path(spec).is_dir():
+                knows = ", ".join(model.concepts()) or "open vocabulary (any text)"
+            return prompt_warnings(model, prompts), knows
         except (ValueError, OSError, TypeError) as err:
-            return [str(err)]
+            return [str(err)], None
 
-    def _show_prompt_notes(self, notes: list[str]) -> None:
+    def _show_prompt_notes(self, found: tuple[list[str], str | None]) -> None:
+        notes, knows = found
         self.prompt_notes.value = "\n".join(f"⚠ {n}" for n in notes)
+        if knows is not None:
+            self.knows.value = knows
 
     # --- live preview ---------------------------------------------------------------------
     def _on_preview_toggled(self, on: bool) -> None:

@@ -175,3 +175,14 @@ def test_paint_teach_preview_then_run_with_the_taught_model(qtbot, loop):
     qtbot.waitUntil(lambda: widget._busy is None and widget.taught.record["rounds"] == 2,
                     timeout=120_000)  # fmt: skip
     assert widget.taught.record["planes"] == [5, 12]
+
+
+def test_a_model_folder_lists_what_it_knows(qtbot, loop, tmp_path):
+    """A MONAI bundle folder: the widget lists its classes and flags a prompt none matches."""
+    from tests.backends.test_monai_bundle import make_bundle
+
+    _viewer, widget, _layer, _vol = loop
+    folder = make_bundle(tmp_path)
+    widget.model_folder.value = folder
+    qtbot.waitUntil(lambda: "liver" in widget.knows.value, timeout=60_000)
+    assert widget.knows.value == "liver, kidney_right, kidney_left"

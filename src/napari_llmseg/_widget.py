@@ -861,8 +861,9 @@ def _table(found: list) -> dict[str, list]:
     def size(value: float | None, unit: str) -> str:
         if value is None:
             return ""
-        return format_number(value) + f" {unit}" if unit in ("px", "voxel") else format_size(
-            value, unit)  # fmt: skip
+        if unit in ("px", "voxel"):  # no physical units: a count
+            return f"{format_number(value)} {unit}{'s' if value != 1 else ''}"
+        return format_size(value, unit)
 
     if found and hasattr(found[0], "centroid"):
         return {
@@ -877,7 +878,7 @@ def _table(found: list) -> dict[str, list]:
     return {
         "prompt": [m.prompt for m in found],
         "size": [size(m.size, m.unit) for m in found],
-        "% of image": [f"{100 * m.fraction:.2f}" for m in found],
+        "% of image": [f"{100 * m.fraction:.2f} %" for m in found],  # text: the table keeps it
         "objects": [m.objects if m.objects is not None else "not counted" for m in found],
         "mean intensity": [
             "" if m.mean_intensity is None else format_number(m.mean_intensity) for m in found

@@ -92,7 +92,8 @@ def test_run_adds_labels_with_names_scale_and_measurements(
     assert list(table) == ["prompt", "size", "% of image", "objects", "mean intensity"]
     assert table["prompt"] == ["nuclei", "giraffe"]
     n_voxels = int((expected.labels == 1).sum())
-    assert table["size"][0] == f"{n_voxels:,} voxel"  # no units: sizes in voxels
+    assert table["size"][0] == f"{n_voxels:,} voxels"  # no units: sizes in voxels
+    assert table["% of image"][0] == f"{100 * n_voxels / expected.labels.size:.2f} %"
     assert table["objects"][1] == 0
     assert any("nuclei: " in m and "objects" in m for _, m in notes)
     widget.csv_path.value = tmp_path / "m.csv"

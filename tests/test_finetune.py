@@ -48,7 +48,7 @@ def test_teaches_an_unknown_concept_from_five_slices(cerebellum, tmp_path):
     assert 0 < result.trainable_parameters < result.total_parameters
 
     after = segment(t1[others], "cerebellum", model=tmp_path / "cb").labels
-    # measured 0.73 to 0.79 over runs (MONAI's random augmentation); teach() reaches 0.87 on
+    # measured 0.73 to 0.79 over runs (MONAI's random augmentation); teach() reaches 0.86 on
     # the same planes in seconds (tests/training/test_teach.py)
     assert dice(after, truth[others]) >= 0.7
     # the saved model is a complete llmseg-tiny folder that records how it was made

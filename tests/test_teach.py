@@ -52,7 +52,7 @@ def test_teaches_the_cerebellum_from_five_planes(cerebellum, taught_cerebellum):
     before = segment(t1[others], "cerebellum").labels
     assert dice(before, truth[others]) < 0.5
     after = segment(t1, "cerebellum", model=model)
-    assert dice(after.labels[others], truth[others]) >= 0.83  # measured 0.87
+    assert dice(after.labels[others], truth[others]) >= 0.83  # measured 0.86
     # what it learned from, as the user painted it
     record = model.record
     assert record["planes"] == PAINTED

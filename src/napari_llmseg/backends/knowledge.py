@@ -64,7 +64,8 @@ class Match:
     reason: str = "centroid"
 
 
-def _key(text: str) -> str:
+def prompt_key(text: str) -> str:
+    """A prompt as compared with others: case and runs of white space ignored."""
     return " ".join(text.casefold().split())
 
 
@@ -105,11 +106,11 @@ def nearest_concepts(
     centroids = np.stack([np.mean([table[p] for p in concepts[c]], axis=0) for c in names])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     sims = _embed(tuple(prompts)) @ centroids.T
-    trained = {_key(p): c for c, v in concepts.items() for p in v}
-    trained_negative = {_key(n) for n in negatives}
+    trained = {prompt_key(p): c for c, v in concepts.items() for p in v}
+    trained_negative = {prompt_key(n) for n in negatives}
     out = []
     for prompt, row in zip(prompts, sims, strict=True):
-        key = _key(prompt)
+        key = prompt_key(prompt)
         concept = trained.get(key) or names[int(np.argmax(row))]
         similarity = float(row[names.index(concept)])
         if key in trained_negative:

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from ..engine.normalize import IntensityStats
 from .base import BackendSpec, ModelInfo, PromptSegmenter, require_safetensors, safetensors_shapes
+from .knowledge import prompt_key
 from .tiny import MODEL_TYPE as TINY
 from .tiny import LLMSegTiny
 
@@ -339,10 +340,6 @@ class Classifier:
 # --- the backend --------------------------------------------------------------------------
 
 
-def _same_prompt(a: str, b: str) -> bool:
-    return " ".join(a.lower().split()) == " ".join(b.lower().split())
-
-
 class TaughtModel(PromptSegmenter):
     """llmseg-tiny with a concept taught from painted corrections.
 
@@ -428,7 +425,7 @@ class TaughtModel(PromptSegmenter):
         return self.base.pad_value(stats)
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[list[bool], Any]:
-        taught = [_same_prompt(p, self.prompt) for p in prompts]
+        taught = [prompt_key(p) == prompt_key(self.prompt) for p in prompts]
         return taught, self.base.encode_prompts(list(prompts))
 
     def preprocess(self, windows: np.ndarray, stats: IntensityStats) -> torch.Tensor:

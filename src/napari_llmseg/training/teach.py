@@ -264,7 +264,7 @@ class Teacher:
         """Train on every painted pixel; yields progress, returns the model (None if
         cancelled). ``read_plane(z)`` gives plane z as (H, W, C); ``corrections`` is (Z, H, W)."""
         t0 = time.perf_counter()
-        planes = _painted_planes(corrections)
+        planes, _ = _painted(corrections)
         todo = []
         for z in planes:
             labels = np.asarray(corrections[z])
@@ -320,20 +320,23 @@ class Teacher:
         return self.model
 
 
-def _painted_planes(corrections: Any) -> list[int]:
-    """Planes (Z, H, W) that hold a painted pixel, checking the values."""
-    planes = []
+def _painted(corrections: Any) -> tuple[list[int], set[int]]:
+    """Planes (Z, H, W) that hold a painted pixel, and the values painted, checking them."""
+    planes: list[int] = []
+    values: set[int] = set()
     for z in range(corrections.shape[0]):
         labels = np.asarray(corrections[z])
         if labels.any():
-            bad = np.setdiff1d(np.unique(labels), [0, CONCEPT, NOT_CONCEPT])
+            found = np.unique(labels)
+            bad = np.setdiff1d(found, [0, CONCEPT, NOT_CONCEPT])
             if bad.size:
                 raise ValueError(
                     f"corrections hold {bad.tolist()[:5]} on plane {z}; expected 0 (unknown), "
                     f"{CONCEPT} (the concept) and {NOT_CONCEPT} (not the concept)"
                 )
             planes.append(z)
-    return planes
+            values.update(int(v) for v in found)
+    return planes, values
 
 
 def _check(source: Any, corrections: Any) -> Any:
@@ -390,13 +393,11 @@ def iter_teach(
         check_output_folder(Path(out), overwrite, [image, corrections])
     source = open_image(image, channel_axis=channel_axis)
     labels = _check(source, corrections)
-    if not _painted_planes(labels):
+    planes, painted = _painted(labels)
+    if not planes:
         raise ValueError("corrections are empty: paint 1 on the concept and 2 on what it is not")
-    found = np.zeros(3, bool)
-    for z in _painted_planes(labels):
-        found[np.unique(np.asarray(labels[z]))] = True
-    if not (found[CONCEPT] and found[NOT_CONCEPT]):
-        missing = "1 (the concept)" if not found[CONCEPT] else "2 (not the concept)"
+    if not {CONCEPT, NOT_CONCEPT} <= painted:
+        missing = "1 (the concept)" if CONCEPT not in painted else "2 (not the concept)"
         raise ValueError(f"corrections have no pixel painted {missing}; paint both")
     teacher = getattr(previous, "teacher", None)
     if teacher is not None and (teacher.prompt != prompt or teacher.stats is not stats):
@@ -430,7 +431,10 @@ def iter_teach(
     if taught is not None and out is not None:
         folder = Path(out)
         check_output_folder(folder, overwrite, [image, corrections])
-        clear_model_folder(folder) if folder.exists() else folder.mkdir(parents=True)
+        if folder.exists():
+            clear_model_folder(folder)
+        else:
+            folder.mkdir(parents=True)
         taught.save(folder)
         mark_model_folder(folder, "teach", {"prompt": prompt})
     return taught

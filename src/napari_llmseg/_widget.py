@@ -335,7 +335,7 @@ class SegmentWidget(Container):
 
         key = id(layer.data)
         if key not in self._stats:
-            base = layer.data[0] if layer.multiscale else layer.data
+            base = _full_resolution(layer)
             self._stats[key] = image_stats(base, -1 if layer.rgb else None)
         return self._stats[key]
 
@@ -434,7 +434,7 @@ class SegmentWidget(Container):
         if not create:
             return None
         image = self.image_layer.value
-        base = image.data[0] if image.multiscale else image.data
+        base = _full_resolution(image)
         shape = base.shape[:-1] if image.rgb else base.shape
         layer = self._viewer.add_labels(
             np.zeros(shape, np.uint8), name=CORRECTIONS, scale=image.scale[-len(shape):],
@@ -458,7 +458,7 @@ class SegmentWidget(Container):
         if not np.any(np.asarray(corrections.data) == 1):
             _error("paint some pixels with 1 (the concept) first")
             return
-        base = layer.data[0] if layer.multiscale else layer.data
+        base = _full_resolution(layer)
         self._cancel = threading.Event()
         request = {
             "image": base, "corrections": np.asarray(corrections.data), "prompt": prompts[0],
@@ -529,7 +529,7 @@ class SegmentWidget(Container):
         from .io.source import ImageSource
 
         layer = request["layer"]
-        base = layer.data[0] if layer.multiscale else layer.data
+        base = _full_resolution(layer)
         backend = self._backend(request["model"], request["device"])
         source = ImageSource(base, -1 if layer.rgb else None)
         return scan_uncertainty(source, request["prompts"], model=backend,
@@ -565,7 +565,7 @@ class SegmentWidget(Container):
         if layer is None:
             _error("choose an image layer to segment")
             return
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = _full_resolution(layer)
         spatial = data.ndim - (1 if layer.rgb else 0)
         out = str(self.save_to.value or "").strip()
         out_path = Path(out) if out not in ("", ".") else _temporary_store(layer.name)
@@ -592,7 +592,7 @@ class SegmentWidget(Container):
         except (TypeError, ValueError) as err:
             _error(str(err))
             return
-        units = tuple(str(u) for u in getattr(layer, "units", ())[-spatial:]) or None
+        units = _units(layer, spatial)
         params = {
             "prompts": self._prompt_list(),
             "options": options,
@@ -735,7 +735,7 @@ class SegmentWidget(Container):
             return
         self._add_layers(result, layer)
         self._last_measurements = found
-        self._last_image = layer.data[0] if layer.multiscale else layer.data
+        self._last_image = _full_resolution(layer)
         self.measurements.value = _table(found)
         self.export_button.enabled = bool(found)
         notes = "".join(f"\n⚠ {w}" for w in result.warnings)
@@ -749,14 +749,13 @@ class SegmentWidget(Container):
 
         spatial = len(result.labels.shape)
         wanted = set(self.output.value) or {"labels"}
-        units = getattr(layer, "units", None)
         uncertain = None
         if "uncertainty" in wanted and result.probabilities is not None:
             uncertain = uncertainty(result.probabilities)
         layers = result_layers(
             result, name=layer.name, outputs=wanted,
             scale=tuple(layer.scale[-spatial:]), translate=tuple(layer.translate[-spatial:]),
-            units=tuple(str(u) for u in units[-spatial:]) if units is not None else None,
+            units=_units(layer, spatial),
             uncertainty=uncertain,
         )  # fmt: skip
         for data, kwargs, kind in layers:
@@ -791,6 +790,11 @@ class SegmentWidget(Container):
                 return
         webbrowser.open(self._report.as_uri())
         show_info(f"napari-llmseg: report {self._report}")
+
+
+def _full_resolution(layer: Any) -> Any:
+    """A layer's data at full resolution (level 0 of a multiscale layer)."""
+    return layer.data[0] if layer.multiscale else layer.data
 
 
 def _units(layer: Any, ndim: int) -> tuple[str, ...] | None:

@@ -380,7 +380,7 @@ def _teach(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .io.open import open_image
-    from .training.finetune import parse_slices
+    from .training.finetune import parse_slices, read_labels
     from .training.folders import check_output_folder
     from .training.teach import labels_to_corrections, teach
 
@@ -389,7 +389,7 @@ def _teach(args: argparse.Namespace) -> int:
     marks = open_image(marks_path)
     if marks.n_channels != 1:
         raise ValueError(f"labels must have one channel, '{marks.name}' has {marks.n_channels}")
-    painted = np.asarray(marks.read(tuple(slice(None) for _ in marks.spatial_shape)))[..., 0]
+    painted = np.asarray(read_labels(marks))
     if args.labels:
         if np.dtype(painted.dtype).kind not in "biu":
             raise ValueError(f"--labels must hold integer labels, '{args.labels}' holds "

@@ -116,7 +116,8 @@ class _Sample:
     mask: np.ndarray  # (H, W) bool
 
 
-def _read_labels(labels: Any) -> np.ndarray:
+def read_labels(labels: Any) -> np.ndarray:
+    """A labels image (array, path or ImageSource) read whole, without its channel axis."""
     source = open_image(labels)  # an array, a path, or an ImageSource as it is
     return source.read(tuple(slice(None) for _ in source.spatial_shape))[..., 0]
 
@@ -331,7 +332,7 @@ def finetune(
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
     source = open_image(image, channel_axis=channel_axis)
-    label_array = _read_labels(labels)
+    label_array = read_labels(labels)
     if tuple(label_array.shape) != source.spatial_shape:
         raise ValueError(
             f"labels have shape {tuple(label_array.shape)} but the image's spatial shape is "

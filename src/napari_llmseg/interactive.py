@@ -124,19 +124,26 @@ def preview(
         Window options of :func:`napari_llmseg.segment` (``roi_size``, ``overlap``,
         ``threshold``, ``batch_size``...).
     """
-    from .api import segment
 
     region, stride = view_region(source, view, max_edge=max_edge)
-    channel_axis = -1 if source.n_channels > 1 else None
-    data = region if channel_axis is not None else region[..., 0]
-    result = segment(
-        data, list(prompts), model=model, stats=stats, channel_axis=channel_axis,
-        cancel=cancel, report=False, **options,
-    )  # fmt: skip
+    result = _segment_pixels(region, prompts, model, stats, cancel=cancel, **options)
     if not result.complete:
         return None
     v = view.clipped(*source.spatial_shape[-2:])
     return Preview(v, stride, np.asarray(result.labels), np.asarray(result.probabilities))
+
+
+def _segment_pixels(
+    pixels: np.ndarray, prompts: Sequence[str], model: Any, stats: IntensityStats, **options: Any
+) -> Any:
+    """Segment pixels read from an image (channels last, as :meth:`ImageSource.read` gives
+    them) with the whole image's ``stats``, in memory and without a report."""
+    from .api import segment
+
+    channels = pixels.shape[-1] > 1
+    data = pixels if channels else pixels[..., 0]
+    return segment(data, list(prompts), model=model, stats=stats,
+                   channel_axis=-1 if channels else None, report=False, **options)  # fmt: skip
 
 
 def entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -203,7 +210,6 @@ def scan_uncertainty(
     """Where the model is least sure over the whole image, found quickly: every plane (up to
     ``max_planes``, evenly spread) strided down to ``max_edge`` pixels and segmented in one
     run, then :func:`most_uncertain`. Coordinates are full-resolution pixels."""
-    from .api import segment
 
     shape = source.spatial_shape
     height, width = shape[-2:]
@@ -215,10 +221,7 @@ def scan_uncertainty(
     else:
         planes = [0]
         stack = source.read((rows, cols))
-    channel_axis = -1 if source.n_channels > 1 else None
-    data = stack if channel_axis is not None else stack[..., 0]
-    result = segment(data, list(prompts), model=model, stats=stats, channel_axis=channel_axis,
-                     report=False, **options)  # fmt: skip
+    result = _segment_pixels(stack, prompts, model, stats, **options)
     probabilities = np.asarray(result.probabilities)
     found = most_uncertain(probabilities, stride=stride)
     if len(shape) == 3:

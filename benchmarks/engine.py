@@ -17,10 +17,13 @@ Fields:
   rss_growth_4x     peak RSS segmenting a zarr volume 4x larger / the smaller one (out= zarr)
   peak_rss_1gb_mb   peak RSS of the whole process (including loading the model) segmenting
                     a 1 GiB uint16 zarr volume into a zarr store
-  light_model       a small convolutional network (a few ms per window) on a 64 x 1024 x 1024
+  light_model       a small convolutional network (about 1 ms per window) on a 64 x 1024 x 1024
                     zarr volume into a result store, for each way of keeping probabilities:
-                    wall time of the whole run (pyramid included) / time in the model; with a
-                    light model the writer's share shows (issue: float32 gave 1.40)
+                    overhead_ratio_<kind>: wall time of the whole run (pyramid included) / time
+                    in the model; setup_seconds_<kind>: until the first batch;
+                    after_last_window_seconds_<kind>: from the last batch to the result (the
+                    writer's queue, pyramid chunks left, files); model_alone_seconds: the same
+                    batches through the model with nothing else running
 """
 
 from __future__ import annotations
@@ -180,27 +183,43 @@ def light_model_case(folder: Path, repeats: int) -> dict:
 
     kinds = ("float32", "uint8", "none")
     ratios: dict[str, list[float]] = {k: [] for k in kinds}
-    pyramid: dict[str, list[float]] = {k: [] for k in kinds}
+    setup: dict[str, list[float]] = {k: [] for k in kinds}
+    tail: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(repeats):
         for kind in kinds:
             spent[0] = 0.0
             t0 = time.perf_counter()
-            first_pyramid = None
+            first = last = None
             gen = iter_segment(
                 src, "x", model=timed, roi_size=ROI, overlap=OVERLAP, batch_size=BATCH,
                 out=folder / f"o-{kind}-{r}.zarr", probabilities=kind, report=False,
             )  # fmt: skip
             for step in gen:
-                if step.stage == "pyramid" and first_pyramid is None:
-                    first_pyramid = time.perf_counter()
+                if step.stage == "segment":
+                    first = first or time.perf_counter()
+                    last = time.perf_counter()
             end = time.perf_counter()
             ratios[kind].append((end - t0) / spent[0])
-            pyramid[kind].append(end - (first_pyramid or end))
+            setup[kind].append((first or end) - t0)
+            tail[kind].append(end - (last or end))
+    import torch
+
+    windows = 64 * 25  # 5 x 5 windows of 256 px with overlap 0.25 over every 1024 x 1024 plane
+    batch = torch.rand(BATCH, 1, ROI, ROI) * 6000
+    t0 = time.perf_counter()
+    for _ in range(windows // BATCH):
+        model(batch, ["x"])
+    alone = time.perf_counter() - t0
     return {
         "shape": [64, 1024, 1024],
         "model_seconds": round(spent[0], 2),
+        "model_alone_seconds": round(alone, 2),
         **{f"overhead_ratio_{k}": round(statistics.median(v), 3) for k, v in ratios.items()},
-        **{f"pyramid_seconds_{k}": round(statistics.median(v), 2) for k, v in pyramid.items()},
+        **{f"setup_seconds_{k}": round(statistics.median(v), 2) for k, v in setup.items()},
+        **{
+            f"after_last_window_seconds_{k}": round(statistics.median(v), 2)
+            for k, v in tail.items()
+        },
         "runs": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
     }
 

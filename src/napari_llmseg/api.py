@@ -579,7 +579,7 @@ def _check_output(job: RunPlan) -> str:
 
 def _open_store(
     job: RunPlan, action: str, notes: list[str]
-) -> tuple[OutputStore | None, np.ndarray | None, IntensityStats]:
+) -> tuple[OutputStore | None, np.ndarray | None, IntensityStats | None]:
     """Fingerprints and statistics; a resumed store is opened and its chunks verified ->
     (store, done, stats)."""
     if job.store_path is not None:
@@ -587,7 +587,7 @@ def _open_store(
         job.attrs["model_fingerprint"] = model_fingerprint(job.model)
     if action != "resume":
         stats = _statistics(job)
-        job.attrs["stats"] = stats.to_dict()
+        job.attrs["stats"] = stats.to_dict() if stats is not None else None
         return None, None, stats
     assert job.store_path is not None
     store, stored = OutputStore.open_for_resume(job.store_path, job.attrs)
@@ -600,8 +600,8 @@ def _open_store(
             "changed since they were written; they were computed again"
         )
         warnings.warn(notes[-1], UserWarning, stacklevel=4)
-    stats = IntensityStats.from_dict(stored["stats"])
-    job.attrs["stats"] = stats.to_dict()
+    stats = IntensityStats.from_dict(stored["stats"]) if stored["stats"] is not None else None
+    job.attrs["stats"] = stored["stats"]
     return store, done, stats
 
 
@@ -626,13 +626,18 @@ def _memory_sink(job: RunPlan) -> MemorySink:
     return MemorySink(job.plan.shape, len(job.prompts), label_dtype(len(job.prompts)))
 
 
-def _statistics(job: RunPlan) -> IntensityStats:
+def _statistics(job: RunPlan) -> IntensityStats | None:
+    """The intensity range the backend normalises with; None for a plain callable or torch
+    module, which gets the pixels as they are (sampling the input for percentiles would be
+    time spent for nothing)."""
     if job.given_stats is not None:
         return job.given_stats
     window = job.options.window
     if window is not None:
         level, width = window
         return IntensityStats.from_window(level, width, n_channels=job.source.n_channels)
+    if job.backend is None:
+        return None
     return compute_stats(job.source)
 
 
@@ -652,7 +657,8 @@ def _stitcher(job: RunPlan, store: OutputStore | None) -> WindowStitcher:
 
 
 def _predict(
-    job: RunPlan, predictor: Any, stats: IntensityStats, sink: Any, done: Any, stitcher: Any,
+    job: RunPlan, predictor: Any, stats: IntensityStats | None, sink: Any, done: Any,
+    stitcher: Any,
     cancel: Any,
 ) -> Generator[Progress, None, Any]:  # fmt: skip
     """The sliding-window run, in this process or on a Dask cluster."""

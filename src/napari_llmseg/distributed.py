@@ -41,7 +41,7 @@ class TaskSpec:
     device: str
     prompts: list[str]
     encoded: Any  # prompt encodings computed on the client (backends only)
-    stats: dict
+    stats: dict | None
     plan: Any  # WindowPlan, with the blend mode and sigma_scale of the weights
     batch_size: int
     threshold: float
@@ -229,7 +229,7 @@ def run_task(spec: TaskSpec, region: tuple[slice, ...], image: Any, model: Any) 
     store = OutputStore(zarr.open_group(spec.out, mode="r+"))
     done = np.ones(spec.plan.grid, dtype=bool)
     done[region] = store.done_grid()[region]  # everything outside the task counts as done
-    stats = IntensityStats.from_dict(spec.stats)
+    stats = IntensityStats.from_dict(spec.stats) if spec.stats is not None else None
     predictor = make_predictor(
         _worker_model(model, spec.device), spec.prompts, stats=stats,
         n_channels=source.n_channels, encoded=spec.encoded, cval=spec.cval,
@@ -402,7 +402,7 @@ def run_on_cluster(
             device=str(run.device),
             prompts=run.prompts,
             encoded=getattr(predictor, "encoded", None),
-            stats=stats.to_dict(),
+            stats=stats.to_dict() if stats is not None else None,
             plan=run.plan,
             batch_size=run.options.batch_size,
             threshold=run.options.threshold,

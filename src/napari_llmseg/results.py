@@ -32,8 +32,9 @@ class SegmentationResult:
     info : RunInfo
         Windows and batches run, time spent in the model, chunks written, and the batch size
         in effect at the end (lower than asked after a GPU out-of-memory error).
-    stats : IntensityStats
-        The whole-input intensity statistics the model saw.
+    stats : IntensityStats or None
+        The whole-input intensity statistics the model saw; None for a callable model or torch
+        module (it gets the pixels as they are).
     metadata : dict
         Parameters and provenance, as recorded in the store.
     instances : (*spatial) uint32 array or None
@@ -56,7 +57,7 @@ class SegmentationResult:
     out: Path | None
     complete: bool
     info: RunInfo
-    stats: IntensityStats
+    stats: IntensityStats | None
     metadata: dict = field(default_factory=dict)
     instances: Any = None
     instance_classes: dict[int, str] | None = None

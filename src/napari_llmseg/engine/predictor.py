@@ -261,7 +261,7 @@ def make_predictor(
     model: Any,
     prompts: Sequence[str],
     *,
-    stats: IntensityStats,
+    stats: IntensityStats | None,
     n_channels: int,
     device: Any = "cpu",
     encoded: Any = None,
@@ -277,7 +277,8 @@ def make_predictor(
     output channels each prompt means (:func:`napari_llmseg.backends.classes.match_classes`);
     the model is then called for its classes (a callable that takes prompts gets the class
     names, ``"class K"`` for an unnamed channel) and the predictor gives one logit per prompt
-    (:class:`ClassPredictor`).
+    (:class:`ClassPredictor`). ``stats``: the input's intensity range, which a backend
+    normalises with (a callable gets the pixels as they are and may be given None).
     """
     if classes is not None:
         known = dict(class_names or {})
@@ -287,5 +288,7 @@ def make_predictor(
                                encoded=encoded, cval=cval, output_key=output_key)  # fmt: skip
         return ClassPredictor(inner, classes)
     if is_backend(model):
+        if stats is None:
+            raise ValueError("a backend needs the input's intensity statistics (stats=)")
         return BackendPredictor(model, prompts, stats, encoded=encoded, cval=cval)
     return CallablePredictor(model, prompts, n_channels, device, cval, output_key)

@@ -556,9 +556,34 @@ class OutputStore:
         for k in range(1, self.n_levels):
             ns[f"{PYRAMID_DONE}{k}"][...] = 0
 
+    def _pyramid_jobs(self) -> list[tuple[list[Any], str, int, list[Any] | None]]:
+        """(levels, reduction, leading axes, levels that mirror them) of every pyramid: without
+        probabilities the root image is the class map, a copy of the labels, reduced once for
+        both."""
+        jobs: list[tuple[list[Any], str, int, list[Any] | None]] = [
+            (self.label_levels, "labels", 0, None if self.kept else self.image_levels)
+        ]
+        if self.kept:
+            jobs.append((self.image_levels, "mean", 1, None))
+        labels_group = self.group[LABELS]
+        if INSTANCES in labels_group:
+            inst = labels_group[INSTANCES]
+            jobs.append(([inst[str(k)] for k in range(self.n_levels)], "nearest", 0, None))
+        return jobs
+
+    def _build_chunk(
+        self, jobs: list, levels: list[Level], k: int, index: tuple[int, ...]
+    ) -> None:
+        """Chunk ``index`` of level ``k`` of every pyramid, from level ``k - 1``."""
+        for arrays, how, lead, mirror in jobs:
+            copies = (mirror[k],) if mirror is not None else ()
+            reduce_chunk(arrays[k - 1], arrays[k], levels[k], index, how, lead=lead,
+                         copies=copies)  # fmt: skip
+
     def build_pyramid(self, workers: int = 4) -> Generator[tuple[str, int, int], None, int]:
         """Build every level from the one below, chunk by chunk, skipping chunks already
-        built (resumable); yields ``("pyramid", done, total)``.
+        built (resumable); yields
+        ``("pyramid", done, total)``.
 
         Chunks of a level are independent: a few threads reduce them at once (zarr's codecs
         and numpy release the GIL), and their markers are written together after each batch,
@@ -566,13 +591,7 @@ class OutputStore:
         """
         levels = self.levels
         ns = self.group[NS]
-        labels_group = self.group[LABELS]
-        jobs: list[tuple[list[Any], str, int]] = [(self.label_levels, "labels", 0)]
-        image_reduce = "mean" if self.kept else "labels"
-        jobs.append((self.image_levels, image_reduce, 1 if self.kept else 0))
-        if INSTANCES in labels_group:
-            inst = labels_group[INSTANCES]
-            jobs.append(([inst[str(k)] for k in range(self.n_levels)], "nearest", 0))
+        jobs = self._pyramid_jobs()
         total = sum(math.prod(lv.grid) for lv in levels[1:])
         built = 0
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
@@ -582,9 +601,8 @@ class OutputStore:
                 todo = [i for i in np.ndindex(*level.grid) if not finished[i]]
                 built += math.prod(level.grid) - len(todo)
 
-                def one(index: tuple[int, ...], k: int = k, level: Level = level) -> None:
-                    for arrays, how, lead in jobs:
-                        reduce_chunk(arrays[k - 1], arrays[k], level, index, how, lead=lead)
+                def one(index: tuple[int, ...], k: int = k) -> None:
+                    self._build_chunk(jobs, levels, k, index)
 
                 for start in range(0, len(todo), PYRAMID_BATCH):
                     batch = todo[start : start + PYRAMID_BATCH]

@@ -658,8 +658,7 @@ def _stitcher(job: RunPlan, store: OutputStore | None) -> WindowStitcher:
 
 def _predict(
     job: RunPlan, predictor: Any, stats: IntensityStats | None, sink: Any, done: Any,
-    stitcher: Any,
-    cancel: Any,
+    stitcher: Any, cancel: Any,
 ) -> Generator[Progress, None, Any]:  # fmt: skip
     """The sliding-window run, in this process or on a Dask cluster."""
     if job.options.scheduler is not None:

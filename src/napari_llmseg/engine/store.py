@@ -571,19 +571,9 @@ class OutputStore:
             jobs.append(([inst[str(k)] for k in range(self.n_levels)], "nearest", 0, None))
         return jobs
 
-    def _build_chunk(
-        self, jobs: list, levels: list[Level], k: int, index: tuple[int, ...]
-    ) -> None:
-        """Chunk ``index`` of level ``k`` of every pyramid, from level ``k - 1``."""
-        for arrays, how, lead, mirror in jobs:
-            copies = (mirror[k],) if mirror is not None else ()
-            reduce_chunk(arrays[k - 1], arrays[k], levels[k], index, how, lead=lead,
-                         copies=copies)  # fmt: skip
-
     def build_pyramid(self, workers: int = 4) -> Generator[tuple[str, int, int], None, int]:
         """Build every level from the one below, chunk by chunk, skipping chunks already
-        built (resumable); yields
-        ``("pyramid", done, total)``.
+        built (resumable); yields ``("pyramid", done, total)``.
 
         Chunks of a level are independent: a few threads reduce them at once (zarr's codecs
         and numpy release the GIL), and their markers are written together after each batch,
@@ -601,8 +591,11 @@ class OutputStore:
                 todo = [i for i in np.ndindex(*level.grid) if not finished[i]]
                 built += math.prod(level.grid) - len(todo)
 
-                def one(index: tuple[int, ...], k: int = k) -> None:
-                    self._build_chunk(jobs, levels, k, index)
+                def one(index: tuple[int, ...], k: int = k, level: Level = level) -> None:
+                    for arrays, how, lead, mirror in jobs:
+                        copies = (mirror[k],) if mirror is not None else ()
+                        reduce_chunk(arrays[k - 1], arrays[k], level, index, how, lead=lead,
+                                     copies=copies)  # fmt: skip
 
                 for start in range(0, len(todo), PYRAMID_BATCH):
                     batch = todo[start : start + PYRAMID_BATCH]

@@ -13,6 +13,7 @@ thread, :func:`segment` drains it and calls ``progress``. Both take the options 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -27,7 +28,7 @@ from .backends.classes import match_classes
 from .engine.fingerprint import input_fingerprint, model_fingerprint
 from .engine.lock import StoreLock
 from .engine.memory import check_memory
-from .engine.normalize import IntensityStats, compute_stats
+from .engine.normalize import IntensityStats, compute_moments, compute_stats
 from .engine.predictor import make_predictor
 from .engine.store import SCRATCH_ARRAYS, OutputStore, _is_our_store, check_output_path
 from .engine.stream import MemorySink, Progress, drain, plane_group, relay, run
@@ -36,7 +37,7 @@ from .io.labels import label_names_of
 from .io.ome import ATTR_KEY
 from .io.open import open_image
 from .io.source import ImageSource
-from .options import SegmentOptions, check_prompts
+from .options import DEFAULT_OVERLAP, SegmentOptions, check_prompts
 from .postprocess.cleanup import PostProcess, parse_size
 from .postprocess.instances import (
     InstanceResult,
@@ -294,6 +295,9 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     backend, fn, model_desc = resolve_model(opts.model, str(torch_device))
     if backend is not None and hasattr(backend, "for_input"):
         backend = backend.for_input(source.metadata)  # its windows in the input's voxels
+    if opts.overlap is None:  # the model's own, recorded as given for resume
+        overlap = getattr(backend, "default_overlap", DEFAULT_OVERLAP)
+        opts = dataclasses.replace(opts, overlap=overlap)
     if fn is not None:
         torch_device = _module_device(fn, opts.device) or torch_device
     _check_window(opts, backend, source)
@@ -629,16 +633,22 @@ def _memory_sink(job: RunPlan) -> MemorySink:
 def _statistics(job: RunPlan) -> IntensityStats | None:
     """The intensity range the backend normalises with; None for a plain callable or torch
     module, which gets the pixels as they are (sampling the input for percentiles would be
-    time spent for nothing)."""
+    time spent for nothing). A backend that normalises by the image's own mean or extremes
+    (``needs_moments``, a MONAI bundle's NormalizeIntensityd) also gets exact moments: one
+    more pass over the input."""
     if job.given_stats is not None:
         return job.given_stats
+    moments = bool(getattr(job.backend, "needs_moments", False))
     window = job.options.window
     if window is not None:
         level, width = window
-        return IntensityStats.from_window(level, width, n_channels=job.source.n_channels)
+        stats = IntensityStats.from_window(level, width, n_channels=job.source.n_channels)
+        if moments:
+            stats = dataclasses.replace(stats, moments=compute_moments(job.source))
+        return stats
     if job.backend is None:
         return None
-    return compute_stats(job.source)
+    return compute_stats(job.source, moments=moments)
 
 
 # --- predict ------------------------------------------------------------------------------

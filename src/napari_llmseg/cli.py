@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--overlap",
         type=_floats,
-        default=0.25,
-        help="window overlap in [0, 1), one value or one per window axis (default 0.25)",
+        default=None,
+        help="window overlap in [0, 1), one value or one per window axis (default: the "
+        "model's, 0.25 unless a MONAI bundle's inferer names another)",
     )
     seg.add_argument(
         "--sigma-scale",

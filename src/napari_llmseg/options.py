@@ -20,6 +20,8 @@ import numpy as np
 
 #: Smallest window edge of a model backend (a callable model takes windows of any size).
 MIN_ROI = 16
+#: Window overlap when neither the caller nor the model names one.
+DEFAULT_OVERLAP = 0.25
 #: Smallest output chunk edge.
 MIN_CHUNK = 16
 
@@ -217,8 +219,9 @@ class SegmentOptions:
         axes are taken one index at a time). Entries that are None or <= 0 mean the image's
         extent along that axis, as in MONAI. At least 16 for a model backend; any size for a
         callable. Windows larger than the image are padded, as in MONAI.
-    overlap : float or tuple of float
+    overlap : float or tuple of float, optional
         Overlap of neighbouring windows, in [0, 1): one for every window axis or one per axis.
+        Default: the model's (a MONAI bundle's inferer ``overlap``), else 0.25.
     batch_size : int
         Windows per model call; windows of different planes share batches.
     blend : {"gaussian", "constant"}
@@ -305,7 +308,7 @@ class SegmentOptions:
 
     model: Any = None
     roi_size: int | tuple[int | None, ...] | None = None
-    overlap: float | tuple[float, ...] = 0.25
+    overlap: float | tuple[float, ...] | None = None
     batch_size: int = 4
     blend: str = "gaussian"
     sigma_scale: float | tuple[float, ...] = 0.125
@@ -343,7 +346,8 @@ class SegmentOptions:
 
         backend = _is_backend_spec(self.model)
         put("roi_size", _roi(self.roi_size, backend))
-        put("overlap", _numbers("overlap", self.overlap, 0.0, 1.0))
+        if self.overlap is not None:
+            put("overlap", _numbers("overlap", self.overlap, 0.0, 1.0))
         put("sigma_scale", _numbers("sigma_scale", self.sigma_scale, 0.0, math.inf, lo_open=True))
         if self.cval is not None:
             put("cval", _finite("cval", self.cval))

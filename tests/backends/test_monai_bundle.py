@@ -49,10 +49,11 @@ def make_bundle(
     preprocessing: list | None = None,
     roi: list | None = None,
     name: str = "tiny_ct_segmentation",
+    extra: dict | None = None,
+    weights_file: str = "model",
 ) -> Path:
-    """A bundle folder laid out as monai.bundle.download leaves it, with random weights."""
-    from monai.networks import nets
-
+    """A bundle folder laid out as monai.bundle.download leaves it, with random weights
+    (``extra``: more top-level entries of inference.json, replacing the defaults)."""
     folder = root / name
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()
@@ -73,20 +74,22 @@ def make_bundle(
                           "transforms": PREPROCESSING if preprocessing is None else preprocessing},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": roi or [32, 32, 32],
                     "sw_batch_size": 4, "overlap": 0.5},
+        **(extra or {}),
     }  # fmt: skip
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
     (folder / "configs" / "inference.json").write_text(json.dumps(inference))
     torch.manual_seed(0)
-    target = str(network_def.get("_target_", "SegResNet")).rsplit(".", 1)[-1]
-    kwargs = {k: v for k, v in network_def.items() if k != "_target_"}
-    net = getattr(nets, target)(**kwargs) if hasattr(nets, target) else None
+    try:
+        net = monai_bundle.build_network(network_def)
+    except ValueError:
+        net = None  # a network_def the tests expect to be refused
     if weights == "safetensors":
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in net.state_dict().items()},
-                  str(folder / "models" / "model.safetensors"))  # fmt: skip
+                  str(folder / "models" / f"{weights_file}.safetensors"))  # fmt: skip
     elif weights == "pt":
-        torch.save(net.state_dict(), folder / "models" / "model.pt")
+        torch.save(net.state_dict(), folder / "models" / f"{weights_file}.pt")
     elif weights == "pickled module":
         torch.save(net, folder / "models" / "model.pt")
     elif weights == "torchscript":
@@ -122,7 +125,7 @@ def test_a_bundle_folder_loads_with_its_classes_and_matches_monai(bundle):
                                  3: "kidney_left"}  # fmt: skip
     assert model.spatial_dims == 3 and model.bundle_roi == (32, 32, 32)
     assert model.describe()["bundle"] == "Tiny CT segmentation"
-    assert model.pre["intensity"] == {"a_min": -57.0, "a_max": 164.0, "b_min": 0.0,
+    assert model.intensity.fixed_range == {"a_min": -57.0, "a_max": 164.0, "b_min": 0.0,
                                       "b_max": 1.0, "clip": True}  # fmt: skip
     assert model.pre["pixdim"] == [1.5, 1.5, 2.0] and model.pre["axcodes"] == "RAS"
     vol = np.random.default_rng(0).normal(40, 80, size=(32, 32, 32)).astype(np.float32)
@@ -203,11 +206,19 @@ def test_segment_a_nifti_ct_keeps_its_geometry_and_reports_ml(tmp_path):
     ("change", "message"),
     [
         (
-            {"init_filters": "$4 * 2"},
-            "network_def: init_filters is '$4 * 2', an expression or reference ('$')",
+            {"init_filters": "$__import__('os').getpid()"},
+            "inference.json: network_def.init_filters is \"$__import__('os').getpid()\"; it "
+            "calls something",
         ),
-        ({"init_filters": "@filters"}, "network_def: init_filters is '@filters', an expression"),
-        ({"norm": ["%configs/x.json#norm"]}, "network_def: norm[0] is '%configs/x.json#norm'"),
+        ({"init_filters": "@filters"}, "inference.json: '@filters' refers to no entry"),
+        (
+            {"norm": ["%configs/x.json#norm"]},
+            "inference.json: network_def.norm[0] is '%configs/x.json#norm', a macro",
+        ),
+        (
+            {"act": "@act"},
+            "network_def: act._target_ is a ConfigParser directive",
+        ),
         (
             {"act": {"_target_": "torch.nn.ReLU"}},
             "network_def: act._target_ is a ConfigParser directive",
@@ -232,6 +243,7 @@ def test_segment_a_nifti_ct_keeps_its_geometry_and_reports_ml(tmp_path):
 def test_unsafe_network_defs_are_refused_naming_the_key(change, message, tmp_path):
     folder = make_bundle(tmp_path, SEGRESNET)
     inference = json.loads((folder / "configs" / "inference.json").read_text())
+    inference["act"] = {"_target_": "torch.nn.ReLU"}  # what "@act" refers to
     inference["network_def"].update(change)
     (folder / "configs" / "inference.json").write_text(json.dumps(inference))
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -344,26 +356,248 @@ def test_cli_segments_with_a_bundle_and_lists_its_classes(bundle, tmp_path, caps
     [
         (
             {"_target_": "Spacingd", "keys": "image", "pixdim": "@pixdim"},
-            "inference.json: Spacingd.pixdim is '@pixdim'; expected a number (expressions and "
-            "references are not evaluated",
+            "inference.json: '@pixdim' refers to no entry",
+        ),
+        (
+            {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 1,
+             "upper": 99, "b_min": 0, "b_max": 1},
+            "inference.json: preprocessing ScaleIntensityRangePercentilesd is not reproduced "
+            "here (only ScaleIntensityRanged, NormalizeIntensityd and ScaleIntensityd",
+        ),
+        (
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": "$abs(-57)",
+             "a_max": 164},
+            "inference.json: ScaleIntensityRanged.a_min is '$abs(-57)'; it calls something",
+        ),
+        (
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": "low", "a_max": 164},
+            "inference.json: ScaleIntensityRanged.a_min is 'low'; expected a number",
         ),
         (
             {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True},
-            "inference.json: preprocessing NormalizeIntensityd is not reproduced here",
-        ),
-        (
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": "$-57", "a_max": 164},
-            "inference.json: ScaleIntensityRanged.a_min is '$-57'; expected a number",
+            "inference.json: NormalizeIntensityd after another intensity transform is not "
+            "reproduced here",
         ),
     ],
-)
+)  # fmt: skip
 def test_preprocessing_that_cannot_be_read_as_data_is_refused(transform, message, tmp_path):
-    """As wholeBody_ct_segmentation's inference.json does: its spacing is '@pixdim' (an
-    expression) and it normalises each image by its own statistics."""
     pre = [t for t in PREPROCESSING if t["_target_"] != transform["_target_"]] + [transform]
     folder = make_bundle(tmp_path, SEGRESNET, preprocessing=pre)
     with pytest.raises(ValueError, match=re.escape(message)):
         get_model(folder)
+
+
+#: wholeBody_ct_segmentation's inference.json, as published in the MONAI Model Zoo, with a
+#: tiny network of its kind (SegResNet) and 4 classes instead of 105.
+WHOLE_BODY_PREPROCESSING = [
+    {"_target_": "LoadImaged", "keys": "@image_key"},
+    {"_target_": "EnsureTyped", "keys": "@image_key"},
+    {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
+    {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
+    {"_target_": "Spacingd", "keys": "@image_key", "pixdim": "@pixdim", "mode": "bilinear"},
+    {"_target_": "NormalizeIntensityd", "keys": "@image_key", "nonzero": True},
+    {"_target_": "ScaleIntensityd", "keys": "@image_key", "minv": -1.0, "maxv": 1.0},
+]
+
+
+def whole_body_extra(highres: bool = True) -> dict:
+    return {
+        "displayable_configs": {"highres": highres, "sw_overlap": 0.25, "sw_batch_size": 1},
+        "image_key": "image",
+        "pixdim": "$[1.5, 1.5, 1.5] if @displayable_configs#highres else [3.0, 3.0, 3.0]",
+        "modelname": "$'model.pt' if @displayable_configs#highres else 'model_lowres.pt'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32],
+                    "sw_batch_size": "@displayable_configs#sw_batch_size",
+                    "overlap": "@displayable_configs#sw_overlap", "padding_mode": "replicate",
+                    "mode": "gaussian"},
+        "checkpointloader": {"_target_": "CheckpointLoader",
+                             "load_path": "$@bundle_root + '/models/' + @modelname",
+                             "load_dict": {"model": "@network"}},
+        "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', True)",
+                       "$@checkpointloader(@evaluator)"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("highres", [True, False])
+def test_whole_body_ct_config_loads_its_spacing_weights_and_overlap(highres, tmp_path):
+    """wholeBody_ct_segmentation reads its spacing and weights file through expressions on
+    ``displayable_configs#highres``: both variants load, each with its own weights."""
+    name = "model" if highres else "model_lowres"
+    folder = make_bundle(tmp_path, SEGRESNET, preprocessing=WHOLE_BODY_PREPROCESSING,
+                         extra=whole_body_extra(highres), weights="pt",
+                         weights_file=name)  # fmt: skip
+    model = get_model(folder)
+    assert model.pre["pixdim"] == ([1.5] * 3 if highres else [3.0] * 3)
+    assert model.weights_path == folder / "models" / f"{name}.pt"
+    assert model.default_overlap == 0.25 and model.needs_moments
+    assert [s.kind for s in model.intensity.steps] == ["normalize", "scale"]
+    assert model.intensity.steps[0].params["nonzero"] is True
+
+
+def _monai_whole_body_input(volume: np.ndarray) -> torch.Tensor:
+    """MONAI's own NormalizeIntensity(nonzero) + ScaleIntensity(-1, 1) on the whole volume."""
+    from monai.transforms import Compose, NormalizeIntensity, ScaleIntensity
+
+    pipeline = Compose([NormalizeIntensity(nonzero=True), ScaleIntensity(minv=-1.0, maxv=1.0)])
+    return torch.as_tensor(pipeline(torch.from_numpy(volume[None].astype(np.float32))))
+
+
+def test_whole_body_normalisation_is_monai_s_on_the_whole_volume(tmp_path):
+    """Windows are normalised with the whole volume's mean, deviation and extremes: any
+    window equals the same region of MONAI's transforms applied to the whole volume, and the
+    segmentation equals MONAI's sliding-window inference on it (1e-4)."""
+    from monai.inferers import sliding_window_inference
+
+    from napari_llmseg.engine.normalize import compute_stats
+    from napari_llmseg.io.source import ImageSource
+
+    folder = make_bundle(tmp_path, SEGRESNET, preprocessing=WHOLE_BODY_PREPROCESSING,
+                         extra=whole_body_extra(), weights="pt")  # fmt: skip
+    rng = np.random.default_rng(1)
+    volume = rng.normal(40, 300, (40, 48, 44)).astype(np.float32)
+    volume[:, :10] = 0  # zeros stay zero with nonzero=True, and take part in the extremes
+    meta = {"scale": [1.5, 1.5, 1.5], "units": ["mm"] * 3}
+    source = ImageSource(volume, metadata=meta)
+    stats = compute_stats(source, moments=True)
+    model = get_model(folder).for_input(meta)
+    expected = _monai_whole_body_input(volume)
+    window = volume[None, None, 5:37, 3:35, 10:42]
+    got = model.preprocess(window, stats)
+    assert torch.allclose(got[0], expected[:, 5:37, 3:35, 10:42], atol=1e-5)
+    zero = float(expected[0, 0, 0, 0])  # where the volume is 0, after both steps
+    assert torch.allclose(got[0, 0, :, :7], torch.full((32, 7, 32), zero), atol=1e-6)
+    # a run on one window's worth of volume against MONAI's pipeline on it
+    small = volume[:32, 8:40, 6:38].copy()
+    result = segment(ImageSource(small, metadata=meta), ["liver", "kidneys"], model=str(folder),
+                     probabilities="float32")  # fmt: skip
+    assert result.metadata["overlap"] == 0.25  # the bundle's, read through its reference
+    ijk = _monai_whole_body_input(small).permute(0, 3, 2, 1)[None]  # (Z, Y, X) -> (i, j, k)
+    with torch.no_grad():
+        logits = sliding_window_inference(ijk, (32, 32, 32), 4, model.net, overlap=0.25,
+                                          mode="gaussian")  # fmt: skip
+    probs = torch.softmax(logits, dim=1)[0].permute(0, 3, 2, 1).numpy()
+    got_probs = np.asarray(result.probabilities)
+    np.testing.assert_allclose(got_probs[0], probs[1], atol=1e-4)
+    np.testing.assert_allclose(got_probs[1], probs[2] + probs[3], atol=1e-4)
+
+
+def test_normalisation_steps_match_monai_per_option():
+    """Each option of the three intensity transforms against MONAI's, on a 2-channel image."""
+    from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
+
+    from napari_llmseg.backends.bundle_intensity import IntensityPipeline, Step
+    from napari_llmseg.engine.normalize import compute_stats
+    from napari_llmseg.io.source import ImageSource
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(10, 5, (2, 20, 24)).astype(np.float32)  # (C, Y, X)
+    image[0, :4] = 0
+    image[1, 5:9] = 0
+    stats = compute_stats(ImageSource(image, channel_axis=0), moments=True)
+    normalize = {"nonzero": False, "channel_wise": False, "subtrahend": None, "divisor": None}
+    scale = {"minv": 0.0, "maxv": 1.0, "factor": None, "channel_wise": False}
+    cases = [
+        ([Step("normalize", normalize)], [NormalizeIntensity()]),
+        ([Step("normalize", {**normalize, "nonzero": True})], [NormalizeIntensity(nonzero=True)]),
+        ([Step("normalize", {**normalize, "channel_wise": True, "nonzero": True})],
+         [NormalizeIntensity(nonzero=True, channel_wise=True)]),
+        ([Step("normalize", {**normalize, "subtrahend": 3.0, "divisor": 2.0})],
+         [NormalizeIntensity(subtrahend=3.0, divisor=2.0)]),
+        ([Step("scale", scale)], [ScaleIntensity()]),
+        ([Step("scale", {**scale, "channel_wise": True, "minv": -1.0})],
+         [ScaleIntensity(minv=-1.0, channel_wise=True)]),
+        ([Step("scale", {**scale, "minv": None, "maxv": None, "factor": 0.5})],
+         [ScaleIntensity(minv=None, maxv=None, factor=0.5)]),
+        ([Step("range", {"a_min": 0.0, "a_max": 20.0, "b_min": 0.0, "b_max": 1.0, "clip": True}),
+          Step("scale", {**scale, "minv": -1.0})],
+         [ScaleIntensityRange(0.0, 20.0, 0.0, 1.0, clip=True), ScaleIntensity(minv=-1.0)]),
+        ([Step("normalize", {**normalize, "nonzero": True}), Step("scale", {**scale, "minv": -1.0})],
+         [NormalizeIntensity(nonzero=True), ScaleIntensity(minv=-1.0)]),
+    ]  # fmt: skip
+    for steps, transforms in cases:
+        expected = torch.from_numpy(image.copy())
+        for t in transforms:
+            expected = torch.as_tensor(t(expected))
+        pipeline = IntensityPipeline(steps)
+        mappings = pipeline.bind(stats, 2)
+        got = pipeline.apply(torch.from_numpy(image)[None], mappings)[0]
+        assert torch.allclose(got, expected, atol=1e-5), steps
+        # the pad value is the raw value that preprocesses to MONAI's padding
+        pad = pipeline.pad_value(mappings, 2)
+        padded = pipeline.apply(torch.from_numpy(pad).reshape(1, 2, 1, 1), mappings)
+        assert torch.allclose(padded.flatten(), torch.full((2,), pipeline.padding()), atol=1e-5)
+
+
+def test_statistics_are_needed_and_kept_for_resume(tmp_path):
+    """A bundle that normalises by the image's statistics says so when they are missing, and a
+    resumed run reuses the stored ones (labels identical)."""
+    from napari_llmseg.engine.normalize import compute_stats
+    from napari_llmseg.io.source import ImageSource
+
+    folder = make_bundle(tmp_path, SEGRESNET, preprocessing=WHOLE_BODY_PREPROCESSING,
+                         extra=whole_body_extra(), weights="pt")  # fmt: skip
+    volume = np.random.default_rng(3).normal(0, 100, (20, 40, 40)).astype(np.float32)
+    meta = {"scale": [1.5, 1.5, 1.5], "units": ["millimeter"] * 3}
+    source = ImageSource(volume, metadata=meta)
+    model = get_model(folder)
+    with pytest.raises(ValueError, match=re.escape(
+        "this MONAI bundle normalises by the image's own statistics, which were not computed"
+    )):  # fmt: skip
+        model.preprocess(volume[None, None, :16, :16, :16], compute_stats(source))
+    out = tmp_path / "ct.zarr"
+    first = segment(source, "liver", model=str(folder), out=out)
+    stored = json.loads((out / "zarr.json").read_text())["attributes"]["napari_llmseg"]
+    moments = stored["stats"]["moments"][0]
+    assert moments["n"] == volume.size and moments["nz_n"] == np.count_nonzero(volume)
+    assert moments["sum"] == pytest.approx(float(volume.astype(np.float64).sum()), rel=1e-9)
+    again = segment(source, "liver", model=str(folder), out=out, resume=True)
+    np.testing.assert_array_equal(np.asarray(again.labels), np.asarray(first.labels))
+
+
+def test_swin_unetr_written_for_older_monai_loads(tmp_path):
+    """swin_unetr_btcv_segmentation passes img_size, which MONAI 1.5 removed from SwinUNETR
+    (it only checked input sizes): it is dropped, and windows are padded to a multiple of 32
+    (patch_size ** 5) for the network."""
+    swin = {"_target_": "SwinUNETR", "spatial_dims": 3, "img_size": 96, "in_channels": 1,
+            "out_channels": 4, "feature_size": 12, "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 1, 1], "use_checkpoint": False}  # fmt: skip
+    folder = make_bundle(tmp_path, swin)
+    model = get_model(folder)
+    assert type(model.net).__name__ == "SwinUNETR" and model.divisor == 32
+    window = np.zeros((1, 1, 40, 36, 33), np.float32)
+    from napari_llmseg.engine.normalize import IntensityStats
+
+    logits = model.predict(model.preprocess(window, IntensityStats((0.0,), (1.0,))), None)
+    assert logits.shape == (1, 4, 40, 36, 33)
+
+
+@pytest.mark.parametrize(
+    ("units", "spacing"),
+    [(["mm"] * 3, (2.0, 1.0, 1.0)), (["millimeter"] * 3, (2.0, 1.0, 1.0)),
+     (["micrometer"] * 3, (0.002, 0.001, 0.001)), (None, (2.0, 1.0, 1.0))],
+)  # fmt: skip
+def test_voxel_sizes_are_read_in_mm(units, spacing, bundle):
+    """napari layers carry pint unit names ("millimeter"); they are converted to mm."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = get_model(bundle).for_input({"scale": [2.0, 1.0, 1.0], "units": units})
+    assert fitted.input_spacing == pytest.approx(spacing)
+    with pytest.warns(UserWarning, match="the input has no voxel size in mm"):
+        get_model(bundle).for_input({"scale": [2.0, 1.0, 1.0], "units": ["pixel"] * 3})
+
+
+def test_the_bundle_overlap_is_the_default_and_a_given_one_wins(bundle):
+    volume = np.zeros((32, 40, 40), np.float32)
+    meta = {"scale": [2.0, 1.5, 1.5], "units": ["mm"] * 3}
+    from napari_llmseg.io.source import ImageSource
+
+    source = ImageSource(volume, metadata=meta)
+    assert segment(source, "liver", model=str(bundle)).metadata["overlap"] == 0.5
+    given = segment(source, "liver", model=str(bundle), overlap=0.125)
+    assert given.metadata["overlap"] == 0.125
 
 
 def test_bundle_without_channel_def_needs_class_names(tmp_path):

@@ -89,6 +89,9 @@ class PromptSegmenter(ABC):
         volumetric ones (3D windows over a volume; ``roi_size`` then takes 3 entries).
     default_roi : int
         Window edge used when the caller gives no ``roi_size``.
+    default_overlap : float or tuple of float
+        Window overlap used when the caller gives no ``overlap`` (a MONAI bundle's inferer
+        names its own).
     gives_instances : bool
         Whether the backend can also return per-window instance masks
         (:meth:`predict_instances`).
@@ -109,6 +112,7 @@ class PromptSegmenter(ABC):
     name: str = "backend"
     spatial_dims: int = 2
     default_roi: int = 256
+    default_overlap: float | tuple[float, ...] = 0.25
     gives_instances: bool = False
     batch_limit: int | None = None
     class_names: dict[int, str] | None = None

@@ -12,29 +12,33 @@ classes by :mod:`.classes` ("kidneys" -> both kidney classes), and the probabili
 prompt's classes are summed.
 
 Safety. A bundle's configs are programs for MONAI's ``ConfigParser`` (``$`` runs Python,
-``@`` and ``%`` refer to other entries, ``_target_`` imports anything). Nothing of that runs
-here: only ``network_def`` is built, its ``_target_`` must name a class of
-``monai.networks.nets`` (looked up by name in that module: no other import), and its
-arguments must be plain JSON values, with no ``$``/``@``/``%`` string and no ``_target_``
-below the top; everything else is read as data. Weights come from ``model.safetensors`` or
+``@`` and ``%`` refer to other entries, ``_target_`` imports anything). None of that runs
+here: values are read by :mod:`.bundle_config`, which follows ``@`` references within the
+file and reads ``$`` expressions made of literals, references, arithmetic and ``x if c else
+y`` only (a name, call, attribute or import is refused, so nothing is run). Only
+``network_def`` is built; its ``_target_`` must name a class of ``monai.networks.nets``
+(looked up by name in that module: no other import), and its arguments must read as plain
+JSON values, with no ``_target_`` below the top. Weights come from ``model.safetensors`` or
 from ``model.pt`` through ``torch.load(weights_only=True)`` (tensors only: a pickled module is
-refused); TorchScript (``model.ts``) is refused, since it carries its own code.
+refused); TorchScript (``model.ts``) is refused, since it carries its own code. When the
+config's ``CheckpointLoader`` names the weights file (wholeBody_ct_segmentation picks
+``model.pt`` or ``model_lowres.pt``), that file is loaded.
 
 Preprocessing, the bundle's way, from ``inference.json``'s ``preprocessing`` (read, never run):
 
-* intensity: ``ScaleIntensityRanged`` (``a_min``, ``a_max``, ``b_min``, ``b_max``, ``clip``),
-  a fixed mapping applied to every window (the same numbers for the whole input: no seams);
-  a bundle that normalises each image by its own statistics (``NormalizeIntensityd``,
-  ``ScaleIntensityd``...) is refused, naming the transforms, rather than run on intensities
-  its network was not trained on;
+* intensity: ``ScaleIntensityRanged`` (a fixed range), ``NormalizeIntensityd`` (``nonzero``,
+  ``channel_wise``) and ``ScaleIntensityd`` (``minv``/``maxv``), in the bundle's order, as
+  fixed mappings whose numbers come from the whole input once (:mod:`.bundle_intensity`), so
+  that every window gets the same mapping (no seams); another intensity transform is
+  refused, naming it, rather than run on intensities its network was not trained on;
 * orientation: ``Orientationd`` ``axcodes``; a NIfTI or DICOM input's voxel axes are flipped
   and permuted to them for the network, window by window, and back;
 * spacing: ``Spacingd`` ``pixdim``. Respacing is **streamed**: the engine's windows are cut
   from the input at its own spacing, each is resampled (trilinear) to the bundle's spacing
   for the network and its logits resampled back, so memory stays that of the windows. The
   default window is the bundle inferer's ``roi_size`` at the bundle's spacing, converted to
-  input voxels. This differs from MONAI's (resample the whole volume once, then windows)
-  by the interpolation near window edges only.
+  input voxels, and the default overlap the inferer's ``overlap``. This differs from MONAI's
+  (resample the whole volume once, then windows) by the interpolation near window edges only.
 
 An input without an affine (a numpy array) is taken to be in the bundle's orientation, and
 without a voxel size in mm, at the bundle's spacing (with a warning).
@@ -43,6 +47,7 @@ without a voxel size in mm, at the bundle's spacing (with a warning).
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import warnings
@@ -54,12 +59,23 @@ import numpy as np
 
 from ..engine.normalize import IntensityStats
 from .base import BackendSpec, ModelInfo, PromptSegmenter
+from .bundle_config import BundleConfig
+from .bundle_intensity import NORMALIZE, RANGE, SCALE, IntensityPipeline, Step
 
 NAME = "monai"
 METADATA = Path("configs") / "metadata.json"
 INFERENCE = Path("configs") / "inference.json"
 #: Network input sizes are padded up to a multiple of this (U-Nets halve the grid 4 times).
 DIVISOR = 16
+#: ... or of this, for networks that need more (SwinUNETR: patch_size ** 5).
+_DIVISORS = {"SwinUNETR": lambda kwargs: int(kwargs.get("patch_size", 2)) ** 5}
+#: Arguments MONAI removed from a network class that bundles written for an older MONAI
+#: still pass, with the version that removed them. They had no effect on the network or its
+#: weights (SwinUNETR's ``img_size`` only checked input sizes), so they are dropped.
+_REMOVED_ARGUMENTS = {"SwinUNETR": {"img_size": "1.5"}}
+_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "cm": 10.0, "centimeter": 10.0,
+             "centimetre": 10.0, "m": 1000.0, "meter": 1000.0, "metre": 1000.0,
+             "um": 1e-3, "µm": 1e-3, "micrometer": 1e-3, "micrometre": 1e-3}  # fmt: skip
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 _NETS_PREFIX = "monai.networks.nets."
 
@@ -139,8 +155,9 @@ def network_class(target: Any) -> type:
     return cls
 
 
-def build_network(network_def: Any) -> Any:
-    """Instantiate ``network_def`` after the checks of the module docstring."""
+def build_network(network_def: Any, config: BundleConfig | None = None) -> Any:
+    """Instantiate ``network_def`` after the checks of the module docstring; its arguments'
+    references and expressions are read through ``config`` (refused without one)."""
     if not isinstance(network_def, dict) or "_target_" not in network_def:
         raise BundleError(
             "inference.json has no network_def with a '_target_' (a class of "
@@ -152,8 +169,14 @@ def build_network(network_def: Any) -> Any:
             raise BundleError(
                 f"network_def.{key} is a ConfigParser directive; only '_target_' is accepted"
             )
+        if config is not None:
+            kwargs[key] = value = config.read(value, f"network_def.{key}")
         _check_literal(value, key)
     cls = network_class(network_def["_target_"])
+    params = inspect.signature(cls.__init__).parameters
+    for old in _REMOVED_ARGUMENTS.get(cls.__name__, {}):
+        if old in kwargs and old not in params:
+            del kwargs[old]  # see _REMOVED_ARGUMENTS
     try:
         return cls(**kwargs)
     except Exception as err:
@@ -162,8 +185,38 @@ def build_network(network_def: Any) -> Any:
         ) from None
 
 
-def load_weights(folder: Path) -> tuple[dict, Path]:
-    """The network's state dict from ``models/``: safetensors, or a tensors-only model.pt.
+def network_divisor(network_def: dict) -> int:
+    """What the network's input sizes must be a multiple of."""
+    name = str(network_def.get("_target_", "")).rsplit(".", 1)[-1]
+    rule = _DIVISORS.get(name)
+    return max(DIVISOR, rule(network_def)) if rule is not None else DIVISOR
+
+
+def weights_name(config: BundleConfig) -> str | None:
+    """The file name of the weights the config's ``CheckpointLoader`` loads, when it names
+    one in ``models/`` (``"$@bundle_root + '/models/' + @modelname"`` is read as data)."""
+    data = config.data
+    handlers = data.get("handlers")
+    candidates = [v for v in data.values() if isinstance(v, dict)]
+    candidates += (
+        [h for h in handlers if isinstance(h, dict)] if isinstance(handlers, list) else []
+    )
+    for entry in candidates:
+        if _kind(entry) != "CheckpointLoader" or "load_path" not in entry:
+            continue
+        try:
+            path = config.read(entry["load_path"], "CheckpointLoader.load_path")
+        except ValueError:
+            return None  # not readable as data: the usual names are tried
+        if isinstance(path, str) and Path(path).parent.name == "models":
+            return Path(path).name
+    return None
+
+
+def load_weights(folder: Path, name: str | None = None) -> tuple[dict, Path]:
+    """The network's state dict from ``models/``: safetensors, or a tensors-only ``.pt``
+    (``name``, as the config names it, else ``model.pt``), the safetensors of the same name
+    first.
 
     Raises
     ------
@@ -173,7 +226,10 @@ def load_weights(folder: Path) -> tuple[dict, Path]:
     import torch
 
     models = folder / "models"
-    st = models / "model.safetensors"
+    stem, pt_name = "model", "model.pt"
+    if name and Path(name).suffix in (".pt", ".pth"):
+        stem, pt_name = Path(name).stem, name
+    st = models / f"{stem}.safetensors"
     if st.is_file():
         from safetensors.torch import load_file
 
@@ -181,7 +237,7 @@ def load_weights(folder: Path) -> tuple[dict, Path]:
             return load_file(str(st)), st
         except Exception as err:
             raise BundleError(f"'{st}' is not a valid safetensors file ({err})") from None
-    pt = models / "model.pt"
+    pt = models / pt_name
     if pt.is_file():
         try:
             data = torch.load(pt, map_location="cpu", weights_only=True)
@@ -206,12 +262,14 @@ def load_weights(folder: Path) -> tuple[dict, Path]:
             "refused; use the bundle's models/model.pt (a state dict) or convert it to "
             "models/model.safetensors"
         )
-    raise BundleError(f"MONAI bundle '{folder}' has no models/model.safetensors or model.pt")
+    raise BundleError(f"MONAI bundle '{folder}' has no models/{stem}.safetensors or {pt_name}")
 
 
 # --- preprocessing, read as data -----------------------------------------------------------
-def _transforms(inference: dict) -> list[dict]:
-    pre = inference.get("preprocessing")
+def _transforms(config: BundleConfig) -> list[dict]:
+    pre = config.data.get("preprocessing")
+    if isinstance(pre, str):
+        pre = config.read(pre, "preprocessing")
     if isinstance(pre, dict):
         pre = pre.get("transforms")
     return [t for t in pre if isinstance(t, dict)] if isinstance(pre, list) else []
@@ -221,73 +279,128 @@ def _kind(t: dict) -> str:
     return str(t.get("_target_", "")).rsplit(".", 1)[-1]
 
 
-def _number(t: dict, key: str, default: Any = None) -> Any:
-    value = t.get(key, default)
-    if isinstance(value, str):
-        raise BundleError(
-            f"inference.json: {_kind(t)}.{key} is {value!r}; expected a number (expressions "
-            "and references are not evaluated, so the bundle's preprocessing cannot be read)"
-        )
+def _value(config: BundleConfig, t: dict, key: str, default: Any = None) -> Any:
+    """``t[key]`` read as data (references and literal expressions followed)."""
+    return config.read(t.get(key, default), f"{_kind(t)}.{key}")
+
+
+def _number(config: BundleConfig, t: dict, key: str, default: Any = None) -> Any:
+    value = _value(config, t, key, default)
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        raise BundleError(f"{config.name}: {_kind(t)}.{key} is {value!r}; expected a number")
     return value
 
 
-def read_preprocessing(inference: dict) -> dict:
-    """What the bundle's preprocessing does, as data: intensity range, spacing, orientation,
-    and the transforms not applied here."""
-    out: dict[str, Any] = {"intensity": None, "pixdim": None, "axcodes": None, "ignored": []}
-    for t in _transforms(inference):
+def _intensity_step(config: BundleConfig, t: dict) -> Step:
+    """One intensity transform's parameters (see :mod:`.bundle_intensity`)."""
+    kind = _kind(t)
+    if kind in RANGE:
+        a_min, a_max = _number(config, t, "a_min"), _number(config, t, "a_max")
+        if a_min is None or a_max is None or a_max == a_min:
+            raise BundleError(f"{config.name}: {kind} needs a_min != a_max, got {a_min!r} and "
+                              f"{a_max!r}")  # fmt: skip
+        b_min, b_max = _number(config, t, "b_min"), _number(config, t, "b_max")
+        return Step("range", {
+            "a_min": float(a_min), "a_max": float(a_max),
+            "b_min": 0.0 if b_min is None else float(b_min),
+            "b_max": 1.0 if b_max is None else float(b_max),
+            "clip": bool(_value(config, t, "clip", False)),
+        })  # fmt: skip
+    if kind in NORMALIZE:
+        given = {k: _value(config, t, k) for k in ("subtrahend", "divisor")}
+        for key, v in given.items():
+            flat = v if isinstance(v, list) else [v]
+            if v is not None and not all(isinstance(x, (int, float)) for x in flat):
+                raise BundleError(f"{config.name}: {kind}.{key} is {v!r}; expected numbers")
+        return Step("normalize", {
+            "nonzero": bool(_value(config, t, "nonzero", False)),
+            "channel_wise": bool(_value(config, t, "channel_wise", False)), **given,
+        })  # fmt: skip
+    return Step("scale", {
+        "minv": _number(config, t, "minv", 0.0), "maxv": _number(config, t, "maxv", 1.0),
+        "factor": _number(config, t, "factor"),
+        "channel_wise": bool(_value(config, t, "channel_wise", False)),
+    })  # fmt: skip
+
+
+def read_preprocessing(config: BundleConfig) -> dict:
+    """What the bundle's preprocessing does, as data: the intensity pipeline, spacing and
+    orientation.
+
+    Raises
+    ------
+    BundleError
+        For an intensity transform not reproduced here, or values that do not read as the
+        numbers MONAI expects.
+    """
+    out: dict[str, Any] = {"pixdim": None, "axcodes": None}
+    steps, ignored = [], []
+    for t in _transforms(config):
         kind = _kind(t)
-        if kind in ("ScaleIntensityRanged", "ScaleIntensityRange"):
-            a_min, a_max = float(_number(t, "a_min")), float(_number(t, "a_max"))
-            if a_max == a_min:
-                raise BundleError(
-                    f"inference.json: ScaleIntensityRanged has a_min == a_max ({a_min})"
-                )
-            b_min, b_max = _number(t, "b_min", 0.0), _number(t, "b_max", 1.0)
-            out["intensity"] = {
-                "a_min": a_min, "a_max": a_max,
-                "b_min": 0.0 if b_min is None else float(b_min),
-                "b_max": 1.0 if b_max is None else float(b_max),
-                "clip": bool(t.get("clip", False)),
-            }  # fmt: skip
+        if kind in RANGE + NORMALIZE + SCALE:
+            steps.append(_intensity_step(config, t))
         elif kind in ("Spacingd", "Spacing"):
-            pixdim = t.get("pixdim")
-            if isinstance(pixdim, str):
-                _number(t, "pixdim")  # refuses it, naming the key
+            pixdim = _value(config, t, "pixdim")
             if isinstance(pixdim, (int, float)):
                 pixdim = [pixdim] * 3
             if not (isinstance(pixdim, list) and len(pixdim) == 3
                     and all(isinstance(v, (int, float)) and v > 0 for v in pixdim)):  # fmt: skip
-                raise BundleError(f"inference.json: Spacingd.pixdim must be 3 positive numbers, "
+                raise BundleError(f"{config.name}: Spacingd.pixdim must be 3 positive numbers, "
                                   f"got {pixdim!r}")  # fmt: skip
             out["pixdim"] = [float(v) for v in pixdim]
         elif kind in ("Orientationd", "Orientation"):
-            axcodes = t.get("axcodes")
+            axcodes = _value(config, t, "axcodes")
             if not (isinstance(axcodes, str) and len(axcodes) == 3):
-                raise BundleError(f"inference.json: Orientationd.axcodes must be 3 letters such "
+                raise BundleError(f"{config.name}: Orientationd.axcodes must be 3 letters such "
                                   f"as 'RAS', got {axcodes!r}")  # fmt: skip
             out["axcodes"] = axcodes.upper()
         elif "Intensity" in kind or kind.startswith(("Normalize", "Histogram")):
-            out["ignored"].append(kind)
-    if out["ignored"]:
+            ignored.append(kind)
+    if ignored:
         raise BundleError(
-            f"inference.json: preprocessing {', '.join(out['ignored'])} is not reproduced "
-            "here (only ScaleIntensityRanged, a fixed range, is applied window by window), so "
+            f"{config.name}: preprocessing {', '.join(ignored)} is not reproduced here (only "
+            "ScaleIntensityRanged, NormalizeIntensityd and ScaleIntensityd are applied), so "
             "the bundle is refused rather than run on intensities its network was not "
             "trained on"
         )
+    try:
+        out["intensity"] = IntensityPipeline(steps)
+    except ValueError as err:
+        raise BundleError(str(err)) from None
     return out
 
 
-def read_roi(inference: dict) -> tuple[int, ...] | None:
-    """The inferer's ``roi_size`` (MONAI axis order), if it is plain numbers."""
-    inferer = inference.get("inferer")
-    roi = inferer.get("roi_size") if isinstance(inferer, dict) else None
+def _inferer(config: BundleConfig) -> dict:
+    inferer = config.data.get("inferer")
+    return inferer if isinstance(inferer, dict) else {}
+
+
+def read_roi(config: BundleConfig) -> tuple[int, ...] | None:
+    """The inferer's ``roi_size`` (MONAI axis order), if it reads as numbers."""
+    try:
+        roi = config.read(_inferer(config).get("roi_size"), "inferer.roi_size")
+    except ValueError:
+        return None
     if isinstance(roi, int):
         roi = [roi] * 3
     if isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) and r > 0 for r in roi):
         return tuple(roi)
     return None
+
+
+def read_overlap(config: BundleConfig) -> float | tuple[float, ...] | None:
+    """The inferer's ``overlap`` (one number, or 3 in MONAI axis order), if it reads as
+    numbers in [0, 1)."""
+    try:
+        overlap = config.read(_inferer(config).get("overlap"), "inferer.overlap")
+    except ValueError:
+        return None
+    values = overlap if isinstance(overlap, list) else [overlap]
+    if len(values) not in (1, 3) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in values
+    ):
+        return None
+    return float(values[0]) if len(values) == 1 else tuple(float(v) for v in values)
 
 
 def read_classes(metadata: dict) -> dict[int, str]:
@@ -326,6 +439,9 @@ class MonaiBundle(PromptSegmenter):
         From the bundle's ``channel_def`` (empty if it has none).
     bundle_roi : tuple of int
         The inferer's ``roi_size`` (network voxels, MONAI axis order).
+    default_overlap : float or tuple of float
+        The inferer's ``overlap`` (0.25 when it names none), along (Z, Y, X) after
+        :meth:`for_input`.
     """
 
     name = NAME
@@ -339,11 +455,17 @@ class MonaiBundle(PromptSegmenter):
         self.folder = folder
         self.metadata = _read_json(folder / METADATA)
         self.inference = _read_json(folder / INFERENCE)
+        config = BundleConfig(self.inference, INFERENCE.name)
         self.class_names = read_classes(self.metadata)
-        self.pre = read_preprocessing(self.inference)
-        self.bundle_roi = read_roi(self.inference) or (96, 96, 96)
-        net = build_network(self.inference.get("network_def"))
-        state, self.weights_path = load_weights(folder)
+        self.pre = read_preprocessing(config)
+        self.intensity: IntensityPipeline = self.pre["intensity"]
+        self.needs_moments = self.intensity.needs_moments
+        self.bundle_roi = read_roi(config) or (96, 96, 96)
+        self.bundle_overlap = read_overlap(config)
+        network_def = self.inference.get("network_def")
+        net = build_network(network_def, config)
+        self.divisor = network_divisor(network_def)
+        state, self.weights_path = load_weights(folder, weights_name(config))
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -356,6 +478,9 @@ class MonaiBundle(PromptSegmenter):
         self.input_spacing: tuple[float, ...] | None = None  # (Z, Y, X) mm
         self.affine: Any = None
         self.default_roi = tuple(reversed(self.bundle_roi))  # (Z, Y, X): before for_input
+        overlap = self.bundle_overlap
+        self.default_overlap = 0.25 if overlap is None else overlap
+        self._bound: tuple[Any, Any] | None = None  # (stats, mappings) last bound
 
     # --- description ---------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -389,11 +514,12 @@ class MonaiBundle(PromptSegmenter):
         affine = metadata.get("affine")
         scale = metadata.get("scale")
         twin.affine = affine if affine is not None and len(scale or ()) == 3 else None
-        units = metadata.get("units") or []
+        units = [str(u).lower() for u in metadata.get("units") or []]
+        to_mm = [_UNITS_MM.get(u) for u in units] if units else [1.0] * 3  # no units: mm
         pixdim = self.pre["pixdim"]
         twin.input_spacing = None
         if pixdim is not None:
-            if scale is None or len(scale) != 3 or any(u != "mm" for u in units):
+            if scale is None or len(scale) != 3 or len(to_mm) != 3 or None in to_mm:
                 warnings.warn(
                     f"the input has no voxel size in mm; the MONAI bundle expects "
                     f"{' x '.join(f'{v:g}' for v in pixdim)} mm voxels, and the input is taken "
@@ -402,7 +528,7 @@ class MonaiBundle(PromptSegmenter):
                     stacklevel=4,
                 )
             else:
-                twin.input_spacing = tuple(float(s) for s in scale)
+                twin.input_spacing = tuple(float(s) * f for s, f in zip(scale, to_mm))  # type: ignore[operator]
         world = twin._world_axes()
         roi_zyx = []
         for a_zyx in range(3):
@@ -412,6 +538,8 @@ class MonaiBundle(PromptSegmenter):
                 n = max(1, round(n * pixdim[axis] / twin.input_spacing[a_zyx]))
             roi_zyx.append(int(n))
         twin.default_roi = tuple(roi_zyx)
+        if isinstance(self.bundle_overlap, tuple):
+            twin.default_overlap = tuple(self.bundle_overlap[world[2 - a]] for a in range(3))
         return twin
 
     def _target_spacing(self) -> tuple[float, ...] | None:
@@ -433,12 +561,16 @@ class MonaiBundle(PromptSegmenter):
             )
 
     def pad_value(self, stats: IntensityStats) -> np.ndarray:
-        """Raw value that the intensity scaling maps to ``b_min`` (MONAI pads the scaled
-        image with 0, which is ``b_min`` for the usual 0..1 range)."""
+        """Raw value that the intensity preprocessing maps to what MONAI pads the
+        preprocessed image with (``b_min`` of a lone ScaleIntensityRanged, else 0)."""
         n = len(np.atleast_1d(stats.low))
-        intensity = self.pre["intensity"]
-        value = intensity["a_min"] if intensity is not None else 0.0
-        return np.full(n, value, dtype=np.float32)
+        return self.intensity.pad_value(self._mappings(stats, n), n)
+
+    def _mappings(self, stats: IntensityStats, n_channels: int) -> Any:
+        """The intensity mappings bound to ``stats`` (kept while the same stats come)."""
+        if self._bound is None or self._bound[0] is not stats:
+            self._bound = (stats, self.intensity.bind(stats, n_channels))
+        return self._bound[1]
 
     def encode_prompts(self, prompts: Sequence[str]) -> None:
         return None  # the network answers for all its classes; prompts are merged after
@@ -447,14 +579,7 @@ class MonaiBundle(PromptSegmenter):
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        intensity = self.pre["intensity"]
-        if intensity is not None:
-            i = intensity
-            scale = (i["b_max"] - i["b_min"]) / (i["a_max"] - i["a_min"])
-            x = (x - i["a_min"]) * scale + i["b_min"]
-            if i["clip"]:
-                x = x.clamp(min(i["b_min"], i["b_max"]), max(i["b_min"], i["b_max"]))
-        return x
+        return self.intensity.apply(x, self._mappings(stats, int(x.shape[1])))
 
     def predict(self, batch: Any, encoded: Any) -> np.ndarray:
         """Class logits ``(B, K, *window)`` for scaled windows ``(B, C, Z, Y, X)``."""
@@ -476,12 +601,11 @@ class MonaiBundle(PromptSegmenter):
             x = torch.flip(x, flips) if flips else x
             order = np.argsort(transform[:, 0])  # bundle axis b <- voxel axis order[b]
             x = x.permute(0, 1, *(2 + int(a) for a in order))
-        padded = tuple(-(-n // DIVISOR) * DIVISOR for n in x.shape[2:])
+        padded = tuple(-(-n // self.divisor) * self.divisor for n in x.shape[2:])
         pad_width = [p - n for n, p in zip(x.shape[2:], padded, strict=True)]
         if any(pad_width):
-            low = self.pre["intensity"]["b_min"] if self.pre["intensity"] is not None else 0.0
             pads = [v for w in reversed(pad_width) for v in (0, w)]
-            x = F.pad(x, pads, value=float(low))
+            x = F.pad(x, pads, value=self.intensity.padding())
         with torch.no_grad():
             out = self.net(x)
         if isinstance(out, (list, tuple)):  # deep supervision: the main output first

@@ -50,6 +50,10 @@ class IntensityStats:
     window : tuple of float, optional
         ``(level, width)`` when the range is a fixed CT window rather than percentiles; then
         ``p_low``, ``p_high`` and ``n_values`` are unused.
+    moments : tuple of dict, optional
+        Exact sums over every valid value, one dict per channel (:func:`compute_moments`),
+        for models that normalise by the image's own mean, deviation or extremes (MONAI's
+        ``NormalizeIntensity``, ``ScaleIntensity``); None unless asked for.
     """
 
     low: tuple[float, ...]
@@ -59,6 +63,7 @@ class IntensityStats:
     n_values: int = 0
     exact: bool = True
     window: tuple[float, ...] | None = None
+    moments: tuple[dict, ...] | None = None
 
     @classmethod
     def from_window(cls, level: float, width: float, n_channels: int) -> IntensityStats:
@@ -155,11 +160,13 @@ def compute_stats(
     p_high: float = 99.8,
     max_blocks: int = 48,
     max_values: int = 2_000_000,
+    moments: bool = False,
 ) -> IntensityStats:
     """Robust per-channel percentiles of ``source``, from all of it or a sample of blocks.
 
     Non-finite values (NaN, inf) and pixels without data (:meth:`ImageSource.invalid`) are
-    ignored. A channel with no valid values gets the range (0, 1).
+    ignored. A channel with no valid values gets the range (0, 1). With ``moments=True``,
+    also the exact sums of :func:`compute_moments` (one more pass over the whole input).
     """
     shape = source.spatial_shape
     exact = math.prod(shape) <= EXACT_LIMIT
@@ -201,7 +208,73 @@ def compute_stats(
         lo, hi = percentiles(v, (p_low, p_high))
         lows.append(lo)
         highs.append(hi)
-    return IntensityStats(tuple(lows), tuple(highs), p_low, p_high, min(counts), exact)
+    sums = compute_moments(source) if moments else None
+    return IntensityStats(tuple(lows), tuple(highs), p_low, p_high, min(counts), exact,
+                          moments=sums)  # fmt: skip
+
+
+#: Values read at a time by :func:`compute_moments` (bounded memory on any input).
+MOMENT_BLOCK = 1 << 22
+
+
+def compute_moments(source: ImageSource) -> tuple[dict, ...]:
+    """Exact per-channel sums over every valid value of ``source``, read slab by slab.
+
+    Returns one dict per channel: ``n``, ``sum``, ``sumsq``, ``min``, ``max`` over the
+    finite values of pixels with data, and the same with ``nz_`` over the non-zero ones
+    (MONAI's ``nonzero=True``). Sums are float64; ``min``/``max`` are None without values.
+    Mean and deviation follow (:func:`moment_mean_std`), and so do the extremes a rescaling
+    needs, for the whole input at once rather than per window (per-window statistics leave
+    seams, see the module docstring).
+    """
+    shape = source.spatial_shape
+    per_row = max(1, math.prod(shape[1:]) * source.n_channels)
+    step = max(1, MOMENT_BLOCK // per_row)
+    totals = [
+        dict.fromkeys(("n", "sum", "sumsq", "nz_n", "nz_sum", "nz_sumsq"), 0.0)
+        | dict.fromkeys(("min", "max", "nz_min", "nz_max"))
+        for _ in range(source.n_channels)
+    ]
+    for start in range(0, shape[0], step):
+        region = (slice(start, min(start + step, shape[0])),) + (slice(None),) * (len(shape) - 1)
+        data = source.read(region)
+        bad = source.invalid(region, data)
+        block = data.reshape(-1, source.n_channels)
+        if bad is not None:
+            block = block[~bad.reshape(-1)]
+        check_float_range(block, source.name)
+        for c, total in enumerate(totals):
+            v = block[:, c]
+            if v.dtype.kind == "f":
+                v = v[np.isfinite(v)]
+            _accumulate(total, "", v)
+            _accumulate(total, "nz_", v[v != 0])
+    return tuple(t | {"n": int(t["n"]), "nz_n": int(t["nz_n"])} for t in totals)
+
+
+def _accumulate(total: dict, prefix: str, values: np.ndarray) -> None:
+    if values.size == 0:
+        return
+    v = values.astype(np.float64, copy=False)
+    total[prefix + "n"] += int(v.size)
+    total[prefix + "sum"] += float(v.sum())
+    total[prefix + "sumsq"] += float(np.dot(v, v))
+    lo, hi = float(v.min()), float(v.max())
+    total[prefix + "min"] = lo if total[prefix + "min"] is None else min(total[prefix + "min"], lo)
+    total[prefix + "max"] = hi if total[prefix + "max"] is None else max(total[prefix + "max"], hi)
+
+
+def moment_mean_std(moments: Sequence[dict], *, nonzero: bool) -> tuple[float, float] | None:
+    """Mean and population standard deviation over the channels of ``moments`` together
+    (one channel: that channel's), over all values or the non-zero ones; None without
+    values."""
+    p = "nz_" if nonzero else ""
+    n = sum(m[p + "n"] for m in moments)
+    if n == 0:
+        return None
+    mean = sum(m[p + "sum"] for m in moments) / n
+    var = max(0.0, sum(m[p + "sumsq"] for m in moments) / n - mean * mean)
+    return mean, math.sqrt(var)
 
 
 #: Largest finite float32: models compute in float32, so input values must fit.

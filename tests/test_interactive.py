@@ -17,7 +17,10 @@ from napari_llmseg.interactive import (
     most_uncertain,
     preview,
     scan_uncertainty,
+    slab_metadata,
     view_region,
+    view_slab,
+    window_depth,
 )
 from napari_llmseg.io.source import ImageSource
 from tests.conftest import ROOT
@@ -112,3 +115,112 @@ def test_scan_uncertainty_points_at_an_ambiguous_plane(tiny, nuclei):
                         stats=image_stats(nuclei)).probabilities  # fmt: skip
     means = [entropy(per_plane[:, z]).mean() for z in range(len(vol))]
     assert found.plane == int(np.argmax(means))
+
+
+def _depth_mean(batch):
+    """A 3D model: each voxel's logit is its value plus 40 x the mean of its column of the
+    window along Z, so a plane's labels depend on the planes around it."""
+    return (batch - 0.5) + 40 * (batch.mean(dim=2, keepdim=True) - 0.5)
+
+
+def test_a_3d_model_previews_a_plane_with_the_planes_around_it():
+    vol = np.random.default_rng(0).random((8, 48, 40)).astype(np.float32)
+    roi = (8, 32, 32)  # one window deep: the slab is the whole volume, as in a full run
+    stats = image_stats(vol)
+    view = View(3, (0, 48), (0, 40))
+    shown = preview(ImageSource(vol), ["x"], view, model=_depth_mean, stats=stats, roi_size=roi)
+    full = segment(vol, "x", model=_depth_mean, roi_size=roi, probabilities="float32")
+    assert shown.labels.shape == (48, 40) and shown.stride == 1 and shown.view.plane == 3
+    np.testing.assert_array_equal(shown.labels, full.labels[3])
+    np.testing.assert_allclose(shown.probabilities, np.asarray(full.probabilities)[:, 3])
+    # what a model fed that plane alone (a window one plane deep) gives: not the same
+    alone = preview(ImageSource(vol), ["x"], view, model=_depth_mean, stats=stats,
+                    roi_size=(1, 32, 32))  # fmt: skip
+    assert (alone.labels != full.labels[3]).mean() > 0.2
+    # None (MONAI's "the whole axis") is the volume's depth
+    assert window_depth(_depth_mean, vol.shape, (None, 32, 32)) == 8
+    assert window_depth(_depth_mean, vol.shape, (32, 32)) is None  # 2D windows
+    assert window_depth(_depth_mean, vol.shape[1:], roi) is None  # a 2D image
+
+
+def test_a_slab_is_centred_on_the_plane_and_shifted_at_the_ends():
+    vol = np.arange(10 * 6 * 6, dtype=np.float32).reshape(10, 6, 6)
+    slab, stride, first = view_slab(ImageSource(vol), View(5, (0, 6), (0, 6)), 4)
+    assert first == 3 and stride == 1 and slab.shape == (4, 6, 6, 1)
+    np.testing.assert_array_equal(slab[..., 0], vol[3:7])
+    assert view_slab(ImageSource(vol), View(9, (0, 6), (0, 6)), 4)[2] == 6  # the last 4
+    assert view_slab(ImageSource(vol), View(0, (0, 6), (0, 6)), 4)[2] == 0
+    assert view_slab(ImageSource(vol), View(2, (0, 6), (0, 6)), 30)[0].shape[0] == 10
+    slab, stride, _ = view_slab(ImageSource(vol), View(2, (1, 6), (0, 6)), 3, max_edge=3)
+    assert stride == 2 and slab.shape == (3, 3, 3, 1)
+    np.testing.assert_array_equal(slab[..., 0], vol[1:4, 1:6:2, 0:6:2])
+    with pytest.raises(ValueError, match=r"a slab is read from a volume .* got shape \(6, 6\)"):
+        view_slab(ImageSource(vol[0]), View(None, (0, 6), (0, 6)), 4)
+    with pytest.raises(ValueError, match="a depth of at least 1 plane, got 0"):
+        view_slab(ImageSource(vol), View(2, (0, 6), (0, 6)), 0)
+
+
+def test_slab_metadata_scales_the_strided_axes_and_moves_the_affine():
+    affine = np.array([[-0.75, 0, 0, 10], [0, 0.75, 0, -5], [0, 0, 2.0, 3], [0, 0, 0, 1]])
+    meta = {"scale": [2.0, 0.75, 0.75], "units": ["mm"] * 3, "affine": affine.tolist(),
+            "spacing": [2.0, 0.75, 0.75], "modality": "CT"}  # fmt: skip
+    out = slab_metadata(meta, 2, (4, 10, 20))
+    assert out["scale"] == [2.0, 1.5, 1.5] and out["units"] == ["mm"] * 3
+    assert out["modality"] == "CT" and "spacing" not in out  # the whole volume's, dropped
+    a = np.asarray(out["affine"])
+    # slab voxel (i, j, k) = volume voxel (20 + 2i, 10 + 2j, 4 + k): same world point
+    for ijk in [(0, 0, 0), (3, 1, 2)]:
+        volume = (20 + 2 * ijk[0], 10 + 2 * ijk[1], 4 + ijk[2], 1)
+        np.testing.assert_allclose(a @ (*ijk, 1), affine @ volume)
+    assert slab_metadata(None, 2, (0, 0, 0)) == {}
+    with pytest.raises(ValueError, match=r"affine must be 4 x 4, got shape \(3, 3\)"):
+        slab_metadata({"affine": np.eye(3).tolist()}, 1, (0, 0, 0))
+    with pytest.raises(ValueError, match=r"scale must have 3 entries \(Z, Y, X\), got \[1.0\]"):
+        slab_metadata({"scale": [1.0]}, 1, (0, 0, 0))
+
+
+@pytest.fixture(scope="module")
+def bundle_folder(tmp_path_factory):
+    from tests.backends.test_monai_bundle import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.mark.parametrize("max_edge", [None, 20])
+def test_a_bundle_preview_is_that_plane_of_a_full_run(bundle_folder, max_edge):
+    """A MONAI bundle (3D windows of 32^3 at 1.5 x 1.5 x 2 mm, RAS) previews a plane of a
+    volume at 2 x 0.75 x 0.75 mm whose X axis runs right to left: it receives the voxel size
+    (no warning; windows of 32 x 64 x 64 input voxels, resampled) and the orientation, and
+    the preview is that plane of a full run. Strided (max_edge=20), it equals a full run on
+    the strided volume with twice the Y/X spacing."""
+    import warnings
+
+    model = get_model(bundle_folder)
+    vol = np.random.default_rng(0).normal(40, 80, size=(32, 40, 36)).astype(np.float32)
+    affine = np.diag([-0.75, 0.75, 2.0, 1.0])
+    meta = {"scale": [2.0, 0.75, 0.75], "units": ["mm"] * 3, "affine": affine.tolist()}
+    prompts = ["liver", "kidneys"]
+    view = View(10, (0, 40), (0, 36))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "the input has no voxel size in mm" would raise
+        shown = preview(ImageSource(vol), prompts, view, model=model, stats=image_stats(vol),
+                        metadata=meta, max_edge=max_edge)  # fmt: skip
+        if max_edge is None:
+            full = segment(ImageSource(vol, metadata=meta), prompts, model=str(bundle_folder),
+                           probabilities="float32")  # fmt: skip
+            assert full.metadata["roi_size"] == [32, 64, 64]
+        else:
+            strided = {**meta, "scale": [2.0, 1.5, 1.5],
+                       "affine": (affine @ np.diag([2.0, 2.0, 1.0, 1.0])).tolist()}  # fmt: skip
+            full = segment(ImageSource(vol[:, ::2, ::2], metadata=strided), prompts,
+                           model=str(bundle_folder), probabilities="float32")  # fmt: skip
+            assert full.metadata["roi_size"] == [32, 32, 32]
+    stride = 1 if max_edge is None else 2
+    assert shown.stride == stride and shown.labels.shape == (40 // stride, 36 // stride)
+    np.testing.assert_array_equal(shown.labels, full.labels[10])
+    np.testing.assert_allclose(shown.probabilities, np.asarray(full.probabilities)[:, 10],
+                               atol=1e-6)  # fmt: skip
+    assert set(np.unique(shown.labels)) <= {0, 1, 2}
+    # without the voxel size the bundle says so, as a full run does
+    with pytest.warns(UserWarning, match="the input has no voxel size in mm"):
+        preview(ImageSource(vol), prompts, view, model=model, stats=image_stats(vol))

@@ -323,7 +323,7 @@ class SegmentWidget(Container):
         return {
             "layer": layer, "data": data, "level": level, "factor": factor, "view": view,
             "prompts": prompts, "rgb": bool(layer.rgb), "model": self._model_spec(),
-            "device": str(self.device.value),
+            "device": str(self.device.value), "metadata": _physical(layer, level),
             "options": {"roi_size": int(self.roi_size.value),
                         "overlap": float(self.overlap.value),
                         "threshold": float(self.threshold.value)},
@@ -349,7 +349,8 @@ class SegmentWidget(Container):
         source = ImageSource(request["data"], -1 if request["rgb"] else None)
         t0 = time.perf_counter()
         result = preview(source, request["prompts"], request["view"], model=backend,
-                         stats=stats, cancel=cancel, **request["options"])  # fmt: skip
+                         stats=stats, cancel=cancel, metadata=request["metadata"],
+                         **request["options"])  # fmt: skip
         return (request, result, time.perf_counter() - t0)
 
     def _preview_finished(self) -> None:
@@ -566,7 +567,6 @@ class SegmentWidget(Container):
             _error("choose an image layer to segment")
             return
         data = _full_resolution(layer)
-        spatial = data.ndim - (1 if layer.rgb else 0)
         out = str(self.save_to.value or "").strip()
         out_path = Path(out) if out not in ("", ".") else _temporary_store(layer.name)
         try:
@@ -592,12 +592,10 @@ class SegmentWidget(Container):
         except (TypeError, ValueError) as err:
             _error(str(err))
             return
-        units = _units(layer, spatial)
         params = {
             "prompts": self._prompt_list(),
             "options": options,
-            "scale": tuple(float(s) for s in layer.scale[-spatial:]),
-            "units": units,
+            "metadata": _physical(layer),
             "name": layer.name,
         }
         if self._preview_cancel is not None:
@@ -632,10 +630,8 @@ class SegmentWidget(Container):
         from .measure import report
 
         options = params["options"]
-        physical = {"scale": params["scale"]}
-        if params["units"] and not any(u in ("pixel", "px", "") for u in params["units"]):
-            physical["units"] = params["units"]
-        source = ImageSource(data, options.channel_axis, name=params["name"], metadata=physical)
+        source = ImageSource(data, options.channel_axis, name=params["name"],
+                             metadata=params["metadata"])  # fmt: skip
         backend = self._backend(options.model, options.device)
         options = dataclasses.replace(options, model=backend)
         result = yield from iter_segment(source, params["prompts"], options=options,
@@ -802,6 +798,48 @@ def _units(layer: Any, ndim: int) -> tuple[str, ...] | None:
     napari warns "Inconsistent units across layers")."""
     units = getattr(layer, "units", None)
     return tuple(str(u) for u in units[-ndim:]) if units is not None else None
+
+
+def _physical(layer: Any, level: int = 0) -> dict:
+    """The physical metadata of ``layer``'s data at pyramid ``level``, as the core reads it
+    (:attr:`ImageSource.metadata`); what a MONAI bundle resamples and reorients with.
+
+    ``scale`` (the layer's, times the level's downsample factors); ``units`` in the short
+    names the core expects (napari's pint units read "millimeter": "mm"), left out when any
+    axis has none ("pixel"); ``affine`` (4 x 4, NIfTI convention, columns scaled by the
+    level's factors) when the plugin's NIfTI or DICOM reader put one in the layer's metadata
+    and the layer's data still has the shape it was read with.
+    """
+    from ._layers import NO_UNITS
+    from .measure import short_unit
+
+    base = _full_resolution(layer)
+    spatial = base.ndim - (1 if layer.rgb else 0)
+    factor = np.ones(spatial)
+    if layer.multiscale:
+        factor = np.asarray(layer.downsample_factors[level], dtype=float)[-spatial:]
+    scale = [float(s) * float(f) for s, f in zip(layer.scale[-spatial:], factor, strict=True)]
+    meta: dict[str, Any] = {"scale": scale}
+    units = _units(layer, spatial)
+    if units and not any(u in NO_UNITS for u in units):
+        meta["units"] = [short_unit(u) for u in units]
+    found = (getattr(layer, "metadata", None) or {}).get("napari_llmseg_source") or {}
+    affine = found.get("affine")
+    if affine is not None and spatial == 3 and _read_shape(found, base.shape[:spatial]):
+        zyx = np.asarray(affine, dtype=float)
+        if zyx.shape == (4, 4):
+            meta["affine"] = (zyx @ np.diag([*factor[::-1], 1.0])).tolist()
+    return meta
+
+
+def _read_shape(found: dict, shape: tuple[int, ...]) -> bool:
+    """Whether a volume of ``shape`` (Z, Y, X) is the one a reader described in ``found``
+    (NIfTI: ``shape_ijk``; DICOM: ``n_slices``), and not data replaced since."""
+    if "shape_ijk" in found:
+        return tuple(int(n) for n in reversed(found["shape_ijk"])) == tuple(shape)
+    if "n_slices" in found:
+        return int(found["n_slices"]) == int(shape[0])
+    return False
 
 
 def _camera(viewer: Any) -> Any:

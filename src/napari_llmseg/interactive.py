@@ -8,6 +8,11 @@ Nothing here imports napari or Qt: the widget (``_widget.py``) turns the viewer'
   (windows reaching past the view see padding instead of the neighbouring pixels, the only
   difference near the view's edges). A view larger than :data:`PREVIEW_EDGE` pixels is
   strided down, or read from a pyramid level, so that a zoomed-out preview stays interactive.
+  A model that takes 3D windows (a backend with ``spatial_dims = 3`` such as a MONAI bundle,
+  or a callable given a ``roi_size`` of 3 entries) is not fed one plane: it segments a slab
+  of planes centred on the view's, one window deep (:func:`view_slab`), with the image's
+  physical metadata (voxel size, units, affine) adjusted to the slab, and the plane is cut
+  out of the result.
 * :func:`most_uncertain` finds the plane and region whose probabilities are closest to 0.5
   (highest binary entropy), where a correction teaches the model the most.
 """
@@ -15,6 +20,8 @@ Nothing here imports napari or Qt: the widget (``_widget.py``) turns the viewer'
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,10 @@ from .io.source import ImageSource
 
 #: Longest edge (pixels) a preview segments; larger views are strided down to it.
 PREVIEW_EDGE = 1024
+#: The same for a 3D model's slab. A 3D network costs (depth x edge^2) on every preview, on
+#: the CPU at that, so 256 keeps it to seconds; and it loses little: radiology bundles run at
+#: ~1.5 mm voxels, which a 512 x 512 CT plane (~0.7-1 mm pixels) strided by 2 still matches.
+PREVIEW_EDGE_3D = 256
 
 
 @dataclass(frozen=True)
@@ -76,25 +87,120 @@ def image_stats(image: Any, channel_axis: int | None = None) -> IntensityStats:
     return compute_stats(source)
 
 
+def _strided(shape: tuple[int, ...], view: View, max_edge: int) -> tuple[View, int, slice, slice]:
+    """The view clipped to the image, the stride that brings its longer edge to ``max_edge``
+    at most, and the strided row and column slices."""
+    v = view.clipped(*shape[-2:])
+    extent = max(v.rows[1] - v.rows[0], v.cols[1] - v.cols[0])
+    stride = max(1, math.ceil(extent / max_edge))
+    return v, stride, slice(v.rows[0], v.rows[1], stride), slice(v.cols[0], v.cols[1], stride)
+
+
+def _check_plane(shape: tuple[int, ...], plane: int | None) -> int:
+    if plane is None or not 0 <= plane < shape[0]:
+        raise ValueError(f"a volume of shape {shape} needs a plane in [0, {shape[0]}), "
+                         f"got {plane!r}")  # fmt: skip
+    return plane
+
+
 def view_region(
     source: ImageSource, view: View, *, max_edge: int = PREVIEW_EDGE
 ) -> tuple[np.ndarray, int]:
     """Read the view's pixels, channels last, strided so that no edge exceeds ``max_edge``
     -> (region (h, w, C), stride)."""
     shape = source.spatial_shape
-    height, width = shape[-2:]
-    v = view.clipped(height, width)
-    extent = max(v.rows[1] - v.rows[0], v.cols[1] - v.cols[0])
-    stride = max(1, math.ceil(extent / max_edge))
-    rows, cols = slice(v.rows[0], v.rows[1], stride), slice(v.cols[0], v.cols[1], stride)
+    v, stride, rows, cols = _strided(shape, view, max_edge)
     if len(shape) == 3:
-        if v.plane is None or not 0 <= v.plane < shape[0]:
-            raise ValueError(f"a volume of shape {shape} needs a plane in [0, {shape[0]}), "
-                             f"got {v.plane!r}")  # fmt: skip
-        region = source.read((slice(v.plane, v.plane + 1), rows, cols))[0]
+        plane = _check_plane(shape, v.plane)
+        region = source.read((slice(plane, plane + 1), rows, cols))[0]
     else:
         region = source.read((rows, cols))
     return np.ascontiguousarray(region), stride
+
+
+def view_slab(
+    source: ImageSource, view: View, depth: int, *, max_edge: int = PREVIEW_EDGE_3D
+) -> tuple[np.ndarray, int, int]:
+    """Read ``depth`` planes of a volume around the view's plane, rows and columns as
+    :func:`view_region` reads them -> (slab (d, h, w, C), stride, first plane).
+
+    The slab is centred on the view's plane and shifted, not cut, at the volume's ends, so
+    that a 3D model always sees ``depth`` planes (fewer only when the volume has fewer).
+
+    Raises
+    ------
+    ValueError
+        For an image that is not a volume, a plane outside it, or ``depth`` < 1.
+    """
+    shape = source.spatial_shape
+    if len(shape) != 3:
+        raise ValueError(f"a slab is read from a volume (3 spatial axes), got shape {shape}")
+    if depth < 1:
+        raise ValueError(f"a slab needs a depth of at least 1 plane, got {depth}")
+    v, stride, rows, cols = _strided(shape, view, max_edge)
+    plane = _check_plane(shape, v.plane)
+    depth = min(int(depth), shape[0])
+    first = min(max(0, plane - depth // 2), shape[0] - depth)
+    slab = source.read((slice(first, first + depth), rows, cols))
+    return np.ascontiguousarray(slab), stride, first
+
+
+def window_depth(
+    model: Any, shape: tuple[int, ...], roi_size: Any = None, metadata: dict | None = None
+) -> int | None:
+    """How many planes deep the windows of a full run of ``model`` on a volume of spatial
+    ``shape`` are, or None when the model takes 2D windows (or the image is 2D).
+
+    A backend takes 3D windows when its ``spatial_dims`` is 3 (a MONAI bundle), a callable
+    when ``roi_size`` has 3 entries. The depth is the run's: ``roi_size``'s first entry (None
+    or <= 0: the whole volume, as in MONAI), else the backend's default window for this input
+    (``model.for_input(metadata).default_roi``: a bundle's window in the input's voxels).
+    """
+    from .api import window_shape
+    from .backends.base import PromptSegmenter
+
+    roi = tuple(roi_size) if isinstance(roi_size, list) else roi_size
+    backend = model if isinstance(model, PromptSegmenter) else None
+    dims = int(backend.spatial_dims) if backend is not None else 2
+    if backend is None and isinstance(roi, tuple):
+        dims = len(roi)
+    if len(shape) != 3 or dims != 3:
+        return None
+    if backend is not None and hasattr(backend, "for_input"):
+        with warnings.catch_warnings():  # the run that follows warns about the same input
+            warnings.simplefilter("ignore")
+            backend = backend.for_input(metadata or {})
+    return int(window_shape(roi, tuple(shape), backend)[0])
+
+
+def slab_metadata(metadata: dict | None, stride: int, origin: tuple[int, int, int]) -> dict:
+    """A volume's physical metadata for a slab of it that starts at voxel ``origin``
+    (Z, Y, X) and is strided by ``stride`` along Y and X.
+
+    ``scale`` (Z, Y, X) gets Y and X multiplied by ``stride``; the 4 x 4 ``affine`` (NIfTI
+    convention: columns i, j, k = X, Y, Z) gets its X and Y columns multiplied and its origin
+    moved to the slab's first voxel. ``units``, ``axes`` and ``modality`` are kept; other keys
+    (which describe the whole volume: its spacing, translate, shape) are left out.
+    """
+    if not metadata:
+        return {}
+    out = {k: metadata[k] for k in ("units", "axes", "modality") if k in metadata}
+    scale = metadata.get("scale")
+    if scale is not None:
+        if len(scale) != 3:
+            raise ValueError(f"metadata scale must have 3 entries (Z, Y, X), got {scale!r}")
+        z, y, x = (float(s) for s in scale)
+        out["scale"] = [z, y * stride, x * stride]
+    affine = metadata.get("affine")
+    if affine is not None:
+        a = np.asarray(affine, dtype=np.float64)
+        if a.shape != (4, 4):
+            raise ValueError(f"metadata affine must be 4 x 4, got shape {a.shape}")
+        z0, y0, x0 = origin
+        to_volume = np.array([[stride, 0, 0, x0], [0, stride, 0, y0], [0, 0, 1, z0],
+                              [0, 0, 0, 1]], dtype=np.float64)  # fmt: skip
+        out["affine"] = (a @ to_volume).tolist()
+    return out
 
 
 def preview(
@@ -105,7 +211,8 @@ def preview(
     model: Any,
     stats: IntensityStats,
     cancel: Any = None,
-    max_edge: int = PREVIEW_EDGE,
+    max_edge: int | None = None,
+    metadata: dict | None = None,
     **options: Any,
 ) -> Preview | None:
     """Segment the part of ``source`` on screen; None if ``cancel`` was set during it.
@@ -116,34 +223,77 @@ def preview(
         The full image (read lazily: only the view is read).
     prompts : sequence of str
     view : View
-    model : backend or callable
-        Loaded once by the caller and reused for every preview.
+    model : backend, callable, model name or folder
+        Loaded once by the caller and reused for every preview (a name or folder is loaded
+        here, every time).
     stats : IntensityStats
         The whole image's (:func:`image_stats`).
+    max_edge : int, optional
+        Longest edge segmented; larger views are strided. :data:`PREVIEW_EDGE` for a plane,
+        :data:`PREVIEW_EDGE_3D` for a 3D model's slab.
+    metadata : dict, optional
+        The image's physical metadata: ``scale`` (Z, Y, X), ``units``, ``affine`` (4 x 4,
+        NIfTI convention), as :attr:`ImageSource.metadata` holds them. Only a 3D model's slab
+        is segmented with it (adjusted by :func:`slab_metadata`): a MONAI bundle resamples
+        and reorients its windows with it. A plane is segmented as pixels, as before.
     **options
         Window options of :func:`napari_llmseg.segment` (``roi_size``, ``overlap``,
         ``threshold``, ``batch_size``...).
-    """
 
-    region, stride = view_region(source, view, max_edge=max_edge)
-    result = _segment_pixels(region, prompts, model, stats, cancel=cancel, **options)
-    if not result.complete:
-        return None
-    v = view.clipped(*source.spatial_shape[-2:])
-    return Preview(v, stride, np.asarray(result.labels), np.asarray(result.probabilities))
+    Returns
+    -------
+    Preview or None
+        Labels and probabilities of the view's plane, whichever way it was segmented.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from .api import resolve_model
+
+        model = resolve_model(model, str(options.get("device") or "auto"))[0]
+    shape = source.spatial_shape
+    v = view.clipped(*shape[-2:])
+    depth = window_depth(model, shape, options.get("roi_size"), metadata)
+    if depth is None:
+        region, stride = view_region(source, view, max_edge=max_edge or PREVIEW_EDGE)
+        result = _segment_pixels(region, prompts, model, stats, cancel=cancel, **options)
+        if not result.complete:
+            return None
+        labels, probabilities = np.asarray(result.labels), np.asarray(result.probabilities)
+    else:
+        edge = max_edge or PREVIEW_EDGE_3D
+        slab, stride, first = view_slab(source, view, depth, max_edge=edge)
+        meta = slab_metadata(metadata, stride, (first, v.rows[0], v.cols[0]))
+        result = _segment_pixels(slab, prompts, model, stats, cancel=cancel, metadata=meta,
+                                 **options)  # fmt: skip
+        if not result.complete:
+            return None
+        k = int(v.plane) - first  # type: ignore[arg-type]  # a volume's view has a plane
+        labels = np.asarray(result.labels[k])
+        probabilities = np.asarray(result.probabilities[:, k])
+    return Preview(v, stride, labels, probabilities)
 
 
 def _segment_pixels(
-    pixels: np.ndarray, prompts: Sequence[str], model: Any, stats: IntensityStats, **options: Any
+    pixels: np.ndarray,
+    prompts: Sequence[str],
+    model: Any,
+    stats: IntensityStats,
+    *,
+    metadata: dict | None = None,
+    **options: Any,
 ) -> Any:
     """Segment pixels read from an image (channels last, as :meth:`ImageSource.read` gives
-    them) with the whole image's ``stats``, in memory and without a report."""
+    them) with the whole image's ``stats``, in memory and without a report; with
+    ``metadata`` (physical metadata of these pixels), as an :class:`ImageSource` carrying it."""
     from .api import segment
 
     channels = pixels.shape[-1] > 1
     data = pixels if channels else pixels[..., 0]
-    return segment(data, list(prompts), model=model, stats=stats,
-                   channel_axis=-1 if channels else None, report=False, **options)  # fmt: skip
+    channel_axis = -1 if channels else None
+    image: Any = data
+    if metadata is not None:
+        image = ImageSource(data, channel_axis, name="preview", metadata=metadata)
+    return segment(image, list(prompts), model=model, stats=stats, channel_axis=channel_axis,
+                   report=False, **options)  # fmt: skip
 
 
 def entropy(probabilities: np.ndarray) -> np.ndarray:

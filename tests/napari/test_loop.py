@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_llmseg import segment
-from napari_llmseg._widget import SegmentWidget
+from napari_llmseg._widget import SegmentWidget, _camera
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.gui
@@ -186,3 +186,106 @@ def test_a_model_folder_lists_what_it_knows(qtbot, loop, tmp_path):
     widget.model_folder.value = folder
     qtbot.waitUntil(lambda: "liver" in widget.knows.value, timeout=60_000)
     assert widget.knows.value == "liver, kidney_right, kidney_left"
+
+
+def _flipped_nifti(path, vol):
+    """A (Z, Y, X) volume as NIfTI at 2 x 0.75 x 0.75 mm whose i (X) axis runs right to left,
+    so that a bundle that wants RAS must flip it."""
+    import nibabel as nib
+
+    affine = np.diag([-0.75, 0.75, 2.0, 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(vol.transpose()), affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, path)
+    return path, affine
+
+
+def test_a_bundle_previews_and_runs_with_the_volume_s_voxel_size_and_orientation(
+    qtbot, make_napari_viewer, tmp_path, monkeypatch, recwarn
+):
+    """A NIfTI volume opened by the plugin's reader (units "mm", which napari shows as
+    "millimeter"; the affine in the layer's metadata) and a MONAI bundle: the live preview
+    segments a slab with the voxel size and orientation (it equals that plane of a full
+    headless run on the file), the full run gets them too, and nothing warns that the input
+    has no voxel size in mm."""
+    from napari.layers import Layer
+    from napari.utils.notifications import notification_manager
+
+    from napari_llmseg._layers import nifti_layers
+    from tests.backends.test_monai_bundle import make_bundle
+
+    vol = np.random.default_rng(0).normal(40, 80, size=(24, 48, 40)).astype(np.float32)
+    path, affine = _flipped_nifti(tmp_path / "ct.nii.gz", vol)
+    folder = make_bundle(tmp_path)
+    # a warning raised on a worker thread reaches pytest's record (checked: with units that
+    # are not mm the bundle's warning is in it), or napari's notifications
+    notes: list[str] = []
+    monkeypatch.setattr(notification_manager, "receive_warning",
+                        lambda message, *_: notes.append(str(message)))  # fmt: skip
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="llmseg")
+    (layer,) = [viewer.add_layer(Layer.create(*data)) for data in nifti_layers(path)]
+    assert tuple(str(u) for u in layer.units) == ("millimeter",) * 3
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    widget.model_folder.value = folder
+    widget.prompts.value = "liver\nkidneys"
+    widget.roi_size.value = 32
+    viewer.dims.set_current_step(0, 9)
+    camera = _camera(viewer)
+    camera.zoom = camera.zoom / 4  # the whole plane on screen
+    widget.preview_checkbox.value = True
+    shown = _wait_preview(qtbot, widget)
+    widget.preview_checkbox.value = False
+    assert shown.view.plane == 9 and shown.stride == 1
+    assert shown.view.rows == (0, 48) and shown.view.cols == (0, 40)  # the whole plane
+    shown_layer = viewer.layers["liver + kidneys preview"]
+    assert shown_layer.data.shape == (1, 48, 40)
+    assert tuple(shown_layer.scale) == pytest.approx((2.0, 0.75, 0.75))
+    # the slab (the whole volume: the window is 32 deep) segmented as the file is
+    full = segment(path, ["liver", "kidneys"], model=str(folder), roi_size=32,
+                   probabilities="float32")  # fmt: skip
+    np.testing.assert_array_equal(shown_layer.data[0], full.labels[9])
+    np.testing.assert_allclose(shown.probabilities, np.asarray(full.probabilities)[:, 9],
+                               atol=1e-6)  # fmt: skip
+    # the full run: the same volume, geometry and labels
+    widget.output.value = ["labels"]
+    widget.save_to.value = tmp_path / "organs.zarr"
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.last_result is not None
+                    and widget.last_result.complete, timeout=120_000)  # fmt: skip
+    given = widget.last_result.metadata["source_metadata"]
+    assert given["units"] == ["mm"] * 3 and given["scale"] == [2.0, 0.75, 0.75]
+    np.testing.assert_allclose(given["affine"], affine)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["ct labels"].data), full.labels)
+    notes += [str(w.message) for w in recwarn]
+    assert not [n for n in notes if "no voxel size in mm" in n], notes
+
+
+def test_physical_metadata_of_a_layer_and_of_a_pyramid_level():
+    """What the widget tells the core about a layer: short unit names, the reader's affine
+    only while the data has the shape it was read with, a coarser level's larger voxels."""
+    from napari.layers import Image
+
+    from napari_llmseg._widget import _physical
+
+    vol = np.zeros((8, 64, 48), np.float32)
+    affine = np.diag([-0.5, 0.5, 3.0, 1.0])
+    source = {"affine": affine.tolist(), "shape_ijk": [48, 64, 8]}
+    plain = Image(vol, scale=(3.0, 0.5, 0.5), units=("mm",) * 3,
+                  metadata={"napari_llmseg_source": source})  # fmt: skip
+    meta = _physical(plain)
+    assert meta["scale"] == [3.0, 0.5, 0.5] and meta["units"] == ["mm"] * 3
+    np.testing.assert_allclose(meta["affine"], affine)
+    cropped = Image(vol[:4], scale=(3.0, 0.5, 0.5), metadata={"napari_llmseg_source": source})
+    assert _physical(cropped) == {"scale": [3.0, 0.5, 0.5]}  # no units ("pixel"), no affine
+    um = Image(vol, units=("micrometer",) * 3)
+    assert _physical(um)["units"] == ["um"] * 3
+    pyramid = Image([vol, vol[:, ::2, ::2], vol[:, ::4, ::4]], multiscale=True,
+                    scale=(3.0, 0.5, 0.5), units=("mm",) * 3,
+                    metadata={"napari_llmseg_source": source})  # fmt: skip
+    level = _physical(pyramid, 2)
+    assert level["scale"] == [3.0, 2.0, 2.0] and level["units"] == ["mm"] * 3
+    np.testing.assert_allclose(level["affine"], np.diag([-2.0, 2.0, 3.0, 1.0]))
+    assert _physical(pyramid)["scale"] == [3.0, 0.5, 0.5]  # full runs read level 0

@@ -166,7 +166,7 @@ class SegmentWidget(Container):
         self.image_layer.changed.connect(self._schedule_preview)
         self._models: dict[tuple[Any, str], Any] = {}
         self._models_lock = threading.Lock()
-        self._stats: dict[int, Any] = {}
+        self._stats: dict[tuple[int, bool], Any] = {}
         self._cancel: threading.Event | None = None
         self._worker: Any = None
         self._progress: Any = None
@@ -329,14 +329,16 @@ class SegmentWidget(Container):
                         "threshold": float(self.threshold.value)},
         }  # fmt: skip
 
-    def _image_stats(self, layer: Any) -> Any:
-        """The whole image's intensity statistics, once per image (every preview uses them)."""
+    def _image_stats(self, layer: Any, model: Any = None) -> Any:
+        """The whole image's intensity statistics, once per image (every preview uses them);
+        with exact moments when ``model`` needs them (a MONAI bundle's NormalizeIntensityd)."""
         from .interactive import image_stats
 
-        key = id(layer.data)
+        moments = bool(getattr(model, "needs_moments", False))
+        key = (id(layer.data), moments)
         if key not in self._stats:
             base = _full_resolution(layer)
-            self._stats[key] = image_stats(base, -1 if layer.rgb else None)
+            self._stats[key] = image_stats(base, -1 if layer.rgb else None, moments=moments)
         return self._stats[key]
 
     def _preview_work(self, request: dict, cancel: threading.Event) -> Any:
@@ -345,7 +347,7 @@ class SegmentWidget(Container):
         from .io.source import ImageSource
 
         backend = self._backend(request["model"], request["device"])
-        stats = self._image_stats(request["layer"])
+        stats = self._image_stats(request["layer"], backend)
         source = ImageSource(request["data"], -1 if request["rgb"] else None)
         t0 = time.perf_counter()
         result = preview(source, request["prompts"], request["view"], model=backend,
@@ -534,7 +536,7 @@ class SegmentWidget(Container):
         backend = self._backend(request["model"], request["device"])
         source = ImageSource(base, -1 if layer.rgb else None)
         return scan_uncertainty(source, request["prompts"], model=backend,
-                                stats=self._image_stats(layer))  # fmt: skip
+                                stats=self._image_stats(layer, backend))  # fmt: skip
 
     def _go_to(self, where: Any) -> None:
         layer = self.image_layer.value

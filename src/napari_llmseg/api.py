@@ -316,7 +316,9 @@ def plan_run(image: Any, prompts: list[str], opts: SegmentOptions) -> RunPlan:
     plan = WindowPlan(
         shape,
         roi,
-        per_axis("overlap", opts.overlap, len(roi)),
+        per_axis(
+            "overlap", opts.overlap if opts.overlap is not None else DEFAULT_OVERLAP, len(roi)
+        ),
         (1,) * n_lead + _chunk_shape(opts.chunks, shape[n_lead:]),
         blend=opts.blend,
         sigma_scale=per_axis("sigma_scale", opts.sigma_scale, len(roi)),

@@ -80,11 +80,14 @@ class Preview:
         return (self.view.rows[0] + half, self.view.cols[0] + half)
 
 
-def image_stats(image: Any, channel_axis: int | None = None) -> IntensityStats:
+def image_stats(
+    image: Any, channel_axis: int | None = None, *, moments: bool = False
+) -> IntensityStats:
     """The whole image's intensity statistics (from a sample for large images): what every
-    preview of it normalises with."""
+    preview of it normalises with; ``moments=True`` for a model that normalises by the
+    image's own mean or extremes (a model's ``needs_moments``)."""
     source = image if isinstance(image, ImageSource) else ImageSource(image, channel_axis)
-    return compute_stats(source)
+    return compute_stats(source, moments=moments)
 
 
 def _strided(shape: tuple[int, ...], view: View, max_edge: int) -> tuple[View, int, slice, slice]:

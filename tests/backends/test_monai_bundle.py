@@ -512,7 +512,8 @@ def test_normalisation_steps_match_monai_per_option():
         ([Step("range", {"a_min": 0.0, "a_max": 20.0, "b_min": 0.0, "b_max": 1.0, "clip": True}),
           Step("scale", {**scale, "minv": -1.0})],
          [ScaleIntensityRange(0.0, 20.0, 0.0, 1.0, clip=True), ScaleIntensity(minv=-1.0)]),
-        ([Step("normalize", {**normalize, "nonzero": True}), Step("scale", {**scale, "minv": -1.0})],
+        ([Step("normalize", {**normalize, "nonzero": True}),
+          Step("scale", {**scale, "minv": -1.0})],
          [NormalizeIntensity(nonzero=True), ScaleIntensity(minv=-1.0)]),
     ]  # fmt: skip
     for steps, transforms in cases:
@@ -615,3 +616,24 @@ def test_bundle_without_channel_def_needs_class_names(tmp_path):
     with pytest.warns(UserWarning, match="no voxel size in mm"):
         result = segment(vol, "liver", model=str(folder), class_names={1: "liver"})
     assert result.metadata["prompt_classes"]["liver"]["channels"] == [1]
+
+
+def test_a_whole_body_bundle_previews_a_plane_with_the_image_s_moments(tmp_path):
+    """The live preview of a bundle that normalises by the image's statistics gets them from
+    image_stats(moments=True): the plane equals that plane of a full run."""
+    from napari_llmseg.interactive import View, image_stats, preview
+    from napari_llmseg.io.source import ImageSource
+
+    folder = make_bundle(tmp_path, SEGRESNET, preprocessing=WHOLE_BODY_PREPROCESSING,
+                         extra=whole_body_extra(), weights="pt")  # fmt: skip
+    volume = np.random.default_rng(4).normal(0, 100, (32, 32, 32)).astype(np.float32)
+    meta = {"scale": [1.5, 1.5, 1.5], "units": ["mm"] * 3}
+    model = get_model(folder)
+    stats = image_stats(volume, moments=True)
+    shown = preview(ImageSource(volume), ["liver"], View(12, (0, 32), (0, 32)), model=model,
+                    stats=stats, metadata=meta)  # fmt: skip
+    full = segment(ImageSource(volume, metadata=meta), "liver", model=model,
+                   probabilities="float32")  # fmt: skip
+    assert shown is not None and shown.labels.shape == (32, 32)
+    np.testing.assert_allclose(shown.probabilities[0], np.asarray(full.probabilities)[0, 12],
+                               atol=1e-5)  # fmt: skip

@@ -173,7 +173,7 @@ def build_network(network_def: Any, config: BundleConfig | None = None) -> Any:
             kwargs[key] = value = config.read(value, f"network_def.{key}")
         _check_literal(value, key)
     cls = network_class(network_def["_target_"])
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     for old in _REMOVED_ARGUMENTS.get(cls.__name__, {}):
         if old in kwargs and old not in params:
             del kwargs[old]  # see _REMOVED_ARGUMENTS
@@ -464,7 +464,7 @@ class MonaiBundle(PromptSegmenter):
         self.bundle_overlap = read_overlap(config)
         network_def = self.inference.get("network_def")
         net = build_network(network_def, config)
-        self.divisor = network_divisor(network_def)
+        self.divisor = network_divisor(network_def)  # type: ignore[arg-type]  # checked above
         state, self.weights_path = load_weights(folder, weights_name(config))
         try:
             net.load_state_dict(state, strict=True)

@@ -230,7 +230,7 @@ def compute_moments(source: ImageSource) -> tuple[dict, ...]:
     shape = source.spatial_shape
     per_row = max(1, math.prod(shape[1:]) * source.n_channels)
     step = max(1, MOMENT_BLOCK // per_row)
-    totals = [
+    totals: list[dict[str, Any]] = [
         dict.fromkeys(("n", "sum", "sumsq", "nz_n", "nz_sum", "nz_sumsq"), 0.0)
         | dict.fromkeys(("min", "max", "nz_min", "nz_max"))
         for _ in range(source.n_channels)

@@ -183,16 +183,7 @@ def compute_stats(
         regions = _sample_blocks(source, max_blocks)
     per_channel: list[list[np.ndarray]] = [[] for _ in range(source.n_channels)]
     for region in regions:
-        data = source.read(region)
-        bad = source.invalid(region, data)
-        block = data.reshape(-1, source.n_channels)
-        if bad is not None:
-            block = block[~bad.reshape(-1)]
-        check_float_range(block, source.name)
-        for c in range(source.n_channels):
-            v = block[:, c]
-            if v.dtype.kind == "f":
-                v = v[np.isfinite(v)]
+        for c, v in enumerate(_valid_values(source, region)):
             per_channel[c].append(v)
     lows, highs, counts = [], [], []
     for values in per_channel:
@@ -211,6 +202,22 @@ def compute_stats(
     sums = compute_moments(source) if moments else None
     return IntensityStats(tuple(lows), tuple(highs), p_low, p_high, min(counts), exact,
                           moments=sums)  # fmt: skip
+
+
+def _valid_values(source: ImageSource, region: tuple[slice, ...]) -> list[np.ndarray]:
+    """Per channel, the finite values of ``region``'s pixels that carry data (1-D arrays);
+    float64 values beyond the float32 range are refused (:func:`check_float_range`)."""
+    data = source.read(region)
+    bad = source.invalid(region, data)
+    block = data.reshape(-1, source.n_channels)
+    if bad is not None:
+        block = block[~bad.reshape(-1)]
+    check_float_range(block, source.name)
+    out = []
+    for c in range(source.n_channels):
+        v = block[:, c]
+        out.append(v[np.isfinite(v)] if v.dtype.kind == "f" else v)
+    return out
 
 
 #: Values read at a time by :func:`compute_moments` (bounded memory on any input).
@@ -237,16 +244,7 @@ def compute_moments(source: ImageSource) -> tuple[dict, ...]:
     ]
     for start in range(0, shape[0], step):
         region = (slice(start, min(start + step, shape[0])),) + (slice(None),) * (len(shape) - 1)
-        data = source.read(region)
-        bad = source.invalid(region, data)
-        block = data.reshape(-1, source.n_channels)
-        if bad is not None:
-            block = block[~bad.reshape(-1)]
-        check_float_range(block, source.name)
-        for c, total in enumerate(totals):
-            v = block[:, c]
-            if v.dtype.kind == "f":
-                v = v[np.isfinite(v)]
+        for total, v in zip(totals, _valid_values(source, region), strict=True):
             _accumulate(total, "", v)
             _accumulate(total, "nz_", v[v != 0])
     return tuple(t | {"n": int(t["n"]), "nz_n": int(t["nz_n"])} for t in totals)

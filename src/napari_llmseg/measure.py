@@ -44,8 +44,11 @@ class ClassMeasurement:
 _SHORT_UNITS = {
     "micrometer": "um",
     "micron": "um",
+    "micrometre": "um",
     "millimeter": "mm",
+    "millimetre": "mm",
     "centimeter": "cm",
+    "centimetre": "cm",
     "meter": "m",
     "metre": "m",
     "kilometer": "km",

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.normalize import IntensityStats
+from ..measure import short_unit
 from .base import BackendSpec, ModelInfo, PromptSegmenter
 from .bundle_config import BundleConfig
 from .bundle_intensity import NORMALIZE, RANGE, SCALE, IntensityPipeline, Step
@@ -73,9 +74,8 @@ _DIVISORS = {"SwinUNETR": lambda kwargs: int(kwargs.get("patch_size", 2)) ** 5}
 #: still pass, with the version that removed them. They had no effect on the network or its
 #: weights (SwinUNETR's ``img_size`` only checked input sizes), so they are dropped.
 _REMOVED_ARGUMENTS = {"SwinUNETR": {"img_size": "1.5"}}
-_UNITS_MM = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "cm": 10.0, "centimeter": 10.0,
-             "centimetre": 10.0, "m": 1000.0, "meter": 1000.0, "metre": 1000.0,
-             "um": 1e-3, "µm": 1e-3, "micrometer": 1e-3, "micrometre": 1e-3}  # fmt: skip
+#: Millimetres per unit, by the short names of :func:`napari_llmseg.measure.short_unit`.
+_UNITS_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0, "um": 1e-3, "µm": 1e-3}
 _EXPRESSION_PREFIXES = ("$", "@", "%")
 _NETS_PREFIX = "monai.networks.nets."
 
@@ -514,7 +514,7 @@ class MonaiBundle(PromptSegmenter):
         affine = metadata.get("affine")
         scale = metadata.get("scale")
         twin.affine = affine if affine is not None and len(scale or ()) == 3 else None
-        units = [str(u).lower() for u in metadata.get("units") or []]
+        units = [short_unit(str(u).lower()) for u in metadata.get("units") or []]
         to_mm = [_UNITS_MM.get(u) for u in units] if units else [1.0] * 3  # no units: mm
         pixdim = self.pre["pixdim"]
         twin.input_spacing = None

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     import napari
 
 OUTPUTS = ("labels", "instances", "probabilities", "uncertainty")
+#: The overlap spin box's lowest value, shown as "model's": no overlap chosen (the model's).
+_MODEL_OVERLAP = -0.05
 #: Milliseconds of quiet (no typing, panning, zooming, plane change) before a preview starts.
 PREVIEW_DELAY_MS = 250
 #: Seconds between refreshes of a result layer that fills in during a run.
@@ -108,8 +110,19 @@ class SegmentWidget(Container):
         self.corrections_button = PushButton(text="Paint corrections")
         self.teach_button = PushButton(text="Teach")
         self.most_uncertain_button = PushButton(text="Most uncertain")
-        self.roi_size = SpinBox(value=256, min=16, max=4096, step=16, label="window (px)")
-        self.overlap = FloatSpinBox(value=0.25, min=0.0, max=0.95, step=0.05, label="overlap")
+        # 0 and -0.05 (shown as "model's") leave the window and overlap to the model: 256 px
+        # for the 2D backends, a MONAI bundle's roi at its voxel size and its inferer's overlap
+        # a float box showing no decimals: superqt's int spin box shows no special value text
+        self.roi_size = FloatSpinBox(value=0, min=0, max=4096, step=16, label="window (px)")
+        self.roi_size.native.setDecimals(0)
+        self.overlap = FloatSpinBox(value=_MODEL_OVERLAP, min=_MODEL_OVERLAP, max=0.95,
+                                    step=0.05, label="overlap")  # fmt: skip
+        for spin in (self.roi_size, self.overlap):
+            spin.native.setSpecialValueText("model's")
+        self.roi_size.tooltip = "window edge in image pixels; model's: the model's own window"
+        self.overlap.tooltip = (
+            "fraction of a window shared with its neighbours; model's: the model's"
+        )
         self.threshold = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, label="threshold")
         self.device = ComboBox(choices=["auto", "cpu", "cuda", "mps"], value="auto",
                                label="device")  # fmt: skip
@@ -297,6 +310,15 @@ class SegmentWidget(Container):
                       "finished": self._preview_finished},
         )  # fmt: skip
 
+    def _roi(self) -> int | None:
+        """The window edge the user chose, or None for the model's own window."""
+        return int(self.roi_size.value) or None
+
+    def _overlap(self) -> float | None:
+        """The overlap the user chose, or None for the model's."""
+        value = float(self.overlap.value)
+        return None if value < 0 else value
+
     def _view_request(self) -> dict | None:
         """What the viewer shows of the chosen image: which data, plane and region."""
         from .interactive import View
@@ -324,8 +346,7 @@ class SegmentWidget(Container):
             "layer": layer, "data": data, "level": level, "factor": factor, "view": view,
             "prompts": prompts, "rgb": bool(layer.rgb), "model": self._model_spec(),
             "device": str(self.device.value), "metadata": _physical(layer, level),
-            "options": {"roi_size": int(self.roi_size.value),
-                        "overlap": float(self.overlap.value),
+            "options": {"roi_size": self._roi(), "overlap": self._overlap(),
                         "threshold": float(self.threshold.value)},
         }  # fmt: skip
 
@@ -464,9 +485,11 @@ class SegmentWidget(Container):
         base = _full_resolution(layer)
         self._cancel = threading.Event()
         request = {
-            "image": base, "corrections": np.asarray(corrections.data), "prompt": prompts[0],
+            "image": base, "prompt": prompts[0],
+            # a snapshot: the user may go on painting while the worker teaches
+            "corrections": np.array(corrections.data, copy=True),
             "rgb": bool(layer.rgb), "model": self._model_spec(), "device": str(self.device.value),
-            "layer": layer, "roi": int(self.roi_size.value),
+            "layer": layer, "roi": self._roi(),
         }  # fmt: skip
         self._busy = create_worker(
             self._teach_work, request, self._cancel,
@@ -574,8 +597,8 @@ class SegmentWidget(Container):
         try:
             options = SegmentOptions(
                 model=self._model_spec(),
-                roi_size=int(self.roi_size.value),
-                overlap=float(self.overlap.value),
+                roi_size=self._roi(),
+                overlap=self._overlap(),
                 threshold=float(self.threshold.value),
                 device=str(self.device.value),
                 channel_axis=-1 if layer.rgb else None,
@@ -684,6 +707,7 @@ class SegmentWidget(Container):
             data, kwargs, kind = labels_layer(
                 labels, name=f"{layer.name} labels (running)", label_names=names,
                 scale=tuple(layer.scale[-spatial:]), translate=tuple(layer.translate[-spatial:]),
+                units=_units(layer, spatial),
             )  # fmt: skip
             self._live = self._viewer.add_layer(Layer.create(data, kwargs, kind))
             self._last_refresh = now

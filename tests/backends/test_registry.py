@@ -83,7 +83,13 @@ def test_entry_point_backends(monkeypatch):
     ours = registry._entry_points()
     monkeypatch.setattr(registry, "_entry_points", lambda: {**ours, "myseg": ep})
     assert list_models() == [
-        "llmseg-tiny", "clipseg", "grounded-sam", "llmseg-taught", "monai", "sam3", "myseg",
+        "llmseg-tiny",
+        "clipseg",
+        "grounded-sam",
+        "llmseg-taught",
+        "monai",
+        "sam3",
+        "myseg",
     ]
     assert isinstance(get_model("myseg:some/weights", device="cpu", dtype="bf16"), Plugin)
     assert get_model("myseg", device="cpu").name == "myseg"

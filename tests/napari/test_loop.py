@@ -289,3 +289,74 @@ def test_physical_metadata_of_a_layer_and_of_a_pyramid_level():
     assert level["scale"] == [3.0, 2.0, 2.0] and level["units"] == ["mm"] * 3
     np.testing.assert_allclose(level["affine"], np.diag([-2.0, 2.0, 3.0, 1.0]))
     assert _physical(pyramid)["scale"] == [3.0, 0.5, 0.5]  # full runs read level 0
+
+
+def test_a_bundle_runs_with_its_own_window_and_overlap_unless_the_user_sets_them(
+    qtbot, make_napari_viewer, tmp_path
+):
+    """The window and overlap boxes start at "model's": a MONAI bundle's preview and full run
+    use its inferer's roi at its voxel size (32 x 32 x 32 voxels of 2 x 1.5 x 1.5 mm are
+    32 x 64 x 64 voxels of 2 x 0.75 x 0.75 mm) and its overlap (0.5), as a headless run with
+    no window options does; a window typed in the box is then the run's."""
+    from napari.layers import Layer
+
+    from napari_llmseg._layers import nifti_layers
+    from napari_llmseg.interactive import View, image_stats, preview
+    from napari_llmseg.io.open import open_image
+    from tests.backends.test_monai_bundle import make_bundle
+
+    vol = np.random.default_rng(1).normal(40, 80, size=(40, 96, 80)).astype(np.float32)
+    path, _ = _flipped_nifti(tmp_path / "ct.nii.gz", vol)
+    folder = make_bundle(tmp_path)
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="llmseg")
+    (layer,) = [viewer.add_layer(Layer.create(*data)) for data in nifti_layers(path)]
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    assert widget.roi_size.native.text() == "model's" and widget._roi() is None
+    assert widget.overlap.native.text() == "model's" and widget._overlap() is None
+    widget.model_folder.value = folder
+    widget.prompts.value = "liver"
+    viewer.dims.set_current_step(0, 20)
+    camera = _camera(viewer)
+    camera.zoom = camera.zoom / 4
+    widget.preview_checkbox.value = True
+    shown = _wait_preview(qtbot, widget)
+    widget.preview_checkbox.value = False
+    viewer.screenshot(str(tmp_path / "bundle-preview.png"), canvas_only=False)
+    # the same view segmented headless with the model's window: a 32-plane slab around 20
+    source = open_image(path)
+    expected = preview(source, ["liver"], View(20, (0, 96), (0, 80)), model=str(folder),
+                       stats=image_stats(source), metadata=source.metadata)  # fmt: skip
+    assert shown.view == expected.view
+    np.testing.assert_array_equal(shown.labels, expected.labels)
+    np.testing.assert_allclose(shown.probabilities, expected.probabilities, atol=1e-6)
+    # the full run: the bundle's window and overlap, recorded in the result
+    widget.output.value = ["labels"]
+    widget.save_to.value = tmp_path / "organs.zarr"
+    added: dict[str, tuple] = {}  # every layer the run adds has the image's units (the one
+    # that fills in while it runs too), or napari warns "Inconsistent units across layers"
+    viewer.layers.events.inserted.connect(
+        lambda event: added.setdefault(event.value.name, tuple(event.value.units))
+    )
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.last_result is not None
+                    and widget.last_result.complete, timeout=120_000)  # fmt: skip
+    assert "ct labels (running)" in added and "ct labels" in added
+    assert set(added.values()) == {tuple(layer.units)}
+    meta = widget.last_result.metadata
+    assert meta["roi_size"] == [32, 64, 64] and meta["overlap"] == 0.5
+    headless = segment(path, "liver", model=str(folder))
+    np.testing.assert_array_equal(np.asarray(viewer.layers["ct labels"].data), headless.labels)
+    # a window and overlap typed in the boxes are the run's
+    widget.roi_size.value = 48
+    widget.overlap.value = 0.25
+    assert widget._roi() == 48 and widget._overlap() == 0.25
+    widget.overwrite_checkbox.value = True
+    widget.run_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._worker is None and widget.last_result is not None
+                    and widget.last_result.metadata["roi_size"] != [32, 64, 64],
+                    timeout=120_000)  # fmt: skip
+    assert widget.last_result.metadata["roi_size"] == [48, 48, 48]  # padded, as MONAI does
+    assert widget.last_result.metadata["overlap"] == 0.25

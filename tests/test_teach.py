@@ -14,7 +14,7 @@ from napari_llmseg.backends.registry import get_model
 from napari_llmseg.backends.taught import FeatureConfig, filter_bank
 from napari_llmseg.cli import main
 from napari_llmseg.training.folders import MARKER
-from napari_llmseg.training.teach import iter_teach, labels_to_corrections
+from napari_llmseg.training.teach import iter_teach, labels_to_corrections, points_to_corrections
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -247,3 +247,39 @@ def test_filter_bank_matches_scipy(rng):
 def test_feature_config_refuses_unknown_levels():
     with pytest.raises(ValueError, match=r"unknown feature levels \['dec9'\]"):
         FeatureConfig(levels=("dec9",))
+
+
+def test_points_become_disks_on_their_own_plane_over_the_painted_corrections():
+    painted = np.zeros((3, 16, 16), np.uint8)
+    painted[1, 0, 0] = 2
+    points = [[1, 8, 8], [1.4, 0.2, 15.3], [2, 8, 8]]
+    out = points_to_corrections(points, ["concept", 2, np.int64(1)], painted.shape,
+                                radius=2, corrections=painted)  # fmt: skip
+    assert painted.sum() == 2  # the user's layer is not touched
+    assert out.dtype == np.uint8 and out.shape == (3, 16, 16)
+    yy, xx = np.mgrid[:16, :16]
+    disk = (yy - 8) ** 2 + (xx - 8) ** 2 <= 4
+    assert np.array_equal(out[1][disk], np.ones(13)) and np.array_equal(out[2] == 1, disk)
+    corner = (yy**2 + (xx - 15) ** 2 <= 4) & ~disk
+    assert np.all(out[1][corner] == 2)  # clipped at the border, over the painted pixel
+    assert out[0].sum() == 0 and int((out[1] == 2).sum()) == int(corner.sum()) + 1
+    assert int((out[1] == 1).sum()) == 13
+    # a 2D image takes (y, x) points
+    flat = points_to_corrections(np.array([[3.0, 3.0]]), [1], (8, 8), radius=1)
+    assert int(flat.sum()) == 5 and flat[3, 3] == 1
+    assert np.array_equal(points_to_corrections([], [], (4, 4)), np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("points", "kinds", "message"),
+    [
+        ([[0, 9, 0]], [1], "point (0, 9, 0) is outside the image of shape (2, 8, 8)"),
+        ([[0, 0]], [1], "points must be (N, 3) coordinates for an image of shape (2, 8, 8), got"),
+        ([[0, 0, 0]], ["maybe"], "point kind 'maybe' is not 1 / 'concept' or 2 / 'not concept'"),
+        ([[0, 0, 0]], [1, 2], "got 1 points but 2 kinds"),
+    ],
+)
+def test_bad_points_are_named(points, kinds, message):
+    with pytest.raises(ValueError) as err:
+        points_to_corrections(points, kinds, (2, 8, 8))
+    assert message in str(err.value)

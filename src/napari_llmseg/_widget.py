@@ -10,9 +10,10 @@ become notifications with the core's own message.
 The loop, as in ilastik and micro-sam: type a prompt with *Live preview* on and the part of
 the image on screen is segmented as you pan, zoom, change plane or edit the prompt; *Paint
 corrections* opens a ``corrections`` Labels layer (1 = this is the concept, 2 = it is not);
-*Teach* adapts the model to them in seconds and the preview follows; *Most uncertain* shows
-where a correction helps most; *Run* then segments the whole image into a store whose labels
-appear at once and fill in as chunks finish.
+*Click points* opens a ``correction points`` layer instead (X switches between the
+concept and not the concept); *Teach* adapts the model to them in seconds and the preview
+follows; *Most uncertain* shows where a correction helps most; *Run* then segments the
+whole image into a store whose labels appear at once and fill in as chunks finish.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ CORRECTIONS = "corrections"
 #: Corrections: 1 = this is the concept (green), 2 = it is not (magenta).
 CORRECTION_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.9, 0.2, 1.0),
                      2: (0.95, 0.2, 0.8, 1.0)}  # fmt: skip
+#: Name of the points layer the user clicks corrections on (each point: a small disk).
+CORRECTION_POINTS = "correction points"
+POINT_KINDS = ("concept", "not concept")
+#: Key that switches what the next click on the points layer marks.
+POINT_TOGGLE_KEY = "x"
 
 
 class _Choices(Container):
@@ -85,7 +91,8 @@ class SegmentWidget(Container):
     Sub-widgets are attributes so that scripts and tests can drive them: ``image_layer``,
     ``prompts`` (one prompt per line), ``model``, ``model_folder``, ``knows`` (what the model
     knows) and ``prompt_notes`` (prompts far from it), ``preview_checkbox``,
-    ``corrections_button``, ``teach_button``, ``most_uncertain_button``, ``roi_size``,
+    ``corrections_button``, ``points_button``, ``teach_button``, ``most_uncertain_button``,
+    ``roi_size``,
     ``overlap``, ``threshold``, ``device``, ``output`` (labels, instances, probabilities,
     uncertainty), ``split``, ``min_size``, ``fill_holes``, ``smooth``, ``save_to``,
     ``resume_checkbox``, ``overwrite_checkbox``, ``run_button``, ``cancel_button``,
@@ -102,12 +109,20 @@ class SegmentWidget(Container):
         self.prompts = TextEdit(value="nuclei", label="prompts\n(one per line)")
         # a taught model comes from Teach or a folder, not from this list
         names = [n for n in list_models() if n != "llmseg-taught"]
-        self.model = ComboBox(choices=names, value=DEFAULT_MODEL, label="model")
+        self.taught: Any = None
+        # choices are a function: napari resets a dock widget's choices whenever a layer is
+        # added, and a fixed list would drop the taught model and fall back to the first name
+        self.model = ComboBox(
+            choices=lambda _: [*names, *([self.taught.name] if self.taught is not None else [])],
+            value=DEFAULT_MODEL,
+            label="model",
+        )
         self.model_folder = FileEdit(mode="d", label="or model folder", value="")
         self.knows = Label(value="", label="knows")
         self.prompt_notes = Label(value="")
         self.preview_checkbox = CheckBox(value=False, text="Live preview (what is on screen)")
         self.corrections_button = PushButton(text="Paint corrections")
+        self.points_button = PushButton(text="Click points")
         self.teach_button = PushButton(text="Teach")
         self.most_uncertain_button = PushButton(text="Most uncertain")
         # 0 and -0.05 (shown as "model's") leave the window and overlap to the model: 256 px
@@ -142,13 +157,15 @@ class SegmentWidget(Container):
         self.csv_path = FileEdit(mode="w", filter="*.csv", label="CSV file", value="")
         self.export_button = PushButton(text="Export measurements (CSV)", enabled=False)
         self.report_button = PushButton(text="Open report", enabled=False)
-        loop = Container(widgets=[self.corrections_button, self.teach_button,
-                                  self.most_uncertain_button], layout="horizontal",
-                         labels=False, label="loop")  # fmt: skip
+        # two rows: four buttons in one row are cut off in a dock of the default width
+        mark = Container(widgets=[self.corrections_button, self.points_button],
+                         layout="horizontal", labels=False, label="correct")  # fmt: skip
+        learn = Container(widgets=[self.teach_button, self.most_uncertain_button],
+                          layout="horizontal", labels=False, label="then")  # fmt: skip
         self.extend(
             [
                 self.image_layer, self.prompts, self.model, self.model_folder, self.knows,
-                self.prompt_notes, self.preview_checkbox, loop, self.roi_size, self.overlap,
+                self.prompt_notes, self.preview_checkbox, mark, learn, self.roi_size, self.overlap,
                 self.threshold, self.device, self.output, self.split, self.min_size,
                 self.fill_holes, self.smooth, self.save_to, self.resume_checkbox,
                 self.overwrite_checkbox, self.run_button, self.cancel_button, self.status,
@@ -167,6 +184,7 @@ class SegmentWidget(Container):
         self.report_button.changed.connect(self._on_report)
         self.preview_checkbox.changed.connect(self._on_preview_toggled)
         self.corrections_button.changed.connect(self._on_corrections)
+        self.points_button.changed.connect(self._on_points)
         self.teach_button.changed.connect(self._on_teach)
         self.most_uncertain_button.changed.connect(self._on_most_uncertain)
         for w in (self.threshold, self.roi_size, self.overlap):
@@ -196,7 +214,6 @@ class SegmentWidget(Container):
         self._last_image: Any = None
         self._report: Path | None = None
         self.last_result: Any = None
-        self.taught: Any = None
         self.last_preview: Any = None
         self._on_model_changed()
 
@@ -468,26 +485,92 @@ class SegmentWidget(Container):
         )  # fmt: skip
         return layer
 
+    def _on_points(self) -> None:
+        """Open (or select) the correction points layer: a click marks the concept, X switches
+        to marking what is not the concept (and back)."""
+        layer = self.image_layer.value
+        if layer is None:
+            _error("choose an image layer first")
+            return
+        points = self._points_layer(create=True)
+        self._viewer.layers.selection.active = points
+        points.mode = "add"
+        self.status.value = (
+            f"click on what the prompt means; press {POINT_TOGGLE_KEY.upper()} to switch to "
+            "clicking what it does not mean (magenta), on any planes; then Teach"
+        )
+
+    def _points_layer(self, create: bool = False) -> Any:
+        import pandas as pd
+        from napari.layers import Points
+
+        for lyr in self._viewer.layers:
+            if lyr.name == CORRECTION_POINTS and isinstance(lyr, Points):
+                return lyr
+        if not create:
+            return None
+        image = self.image_layer.value
+        ndim = image.ndim - (1 if image.rgb else 0)
+        colors = dict(zip(POINT_KINDS, (CORRECTION_COLORS[1], CORRECTION_COLORS[2]), strict=True))
+        points = self._viewer.add_points(
+            np.zeros((0, ndim)), ndim=ndim, name=CORRECTION_POINTS,
+            scale=image.scale[-ndim:], translate=image.translate[-ndim:],
+            units=_units(image, ndim), size=8, border_width=0,
+            features=pd.DataFrame({"correction": pd.Categorical([], categories=POINT_KINDS)}),
+            face_color="correction", face_color_cycle=colors,
+        )  # fmt: skip
+        points.feature_defaults["correction"] = POINT_KINDS[0]
+        points.bind_key(POINT_TOGGLE_KEY, lambda _: self.toggle_point_kind(), overwrite=True)
+        return points
+
+    def toggle_point_kind(self) -> str:
+        """Switch what the next click on the points layer marks (the X key); returns it."""
+        points = self._points_layer()
+        if points is None:
+            return POINT_KINDS[0]
+        now = str(points.feature_defaults["correction"].iloc[0])
+        kind = POINT_KINDS[1 - POINT_KINDS.index(now)]
+        points.feature_defaults["correction"] = kind
+        self.status.value = f"a click marks: {kind}"
+        return kind
+
+    def _corrections_snapshot(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The painted corrections with the clicked points drawn in (a copy: the user may go
+        on painting while the worker teaches), or None when there are neither."""
+        from .training.teach import points_to_corrections
+
+        labels, points = self._corrections_layer(), self._points_layer()
+        if labels is None and (points is None or not len(points.data)):
+            return None
+        out = np.array(labels.data, np.uint8) if labels is not None else None
+        if points is not None and len(points.data):
+            kinds = [str(k) for k in points.features["correction"]]
+            out = points_to_corrections(points.data, kinds, shape, corrections=out)
+        return out
+
     def _on_teach(self) -> None:
-        """Adapt the model to the painted corrections (worker thread), then preview."""
+        """Adapt the model to the painted corrections and clicked points (worker thread),
+        then preview."""
         from napari.qt.threading import create_worker
 
-        layer, corrections = self.image_layer.value, self._corrections_layer()
-        prompts = self._prompt_list()
-        if layer is None or corrections is None or not prompts:
-            _error("choose an image, type the prompt and paint corrections first")
+        layer, prompts = self.image_layer.value, self._prompt_list()
+        if layer is None or not prompts:
+            _error("choose an image and type the prompt first")
             return
         if self._busy is not None:
             return
-        if not np.any(np.asarray(corrections.data) == 1):
-            _error("paint some pixels with 1 (the concept) first")
-            return
         base = _full_resolution(layer)
+        try:
+            corrections = self._corrections_snapshot(base.shape[:-1] if layer.rgb else base.shape)
+        except ValueError as err:
+            _error(str(err))
+            return
+        if corrections is None or not np.any(corrections == 1):
+            _error("paint or click some pixels of the concept (1, green) first")
+            return
         self._cancel = threading.Event()
         request = {
-            "image": base, "prompt": prompts[0],
-            # a snapshot: the user may go on painting while the worker teaches
-            "corrections": np.array(corrections.data, copy=True),
+            "image": base, "prompt": prompts[0], "corrections": corrections,
             "rgb": bool(layer.rgb), "model": self._model_spec(), "device": str(self.device.value),
             "layer": layer, "roi": self._roi(),
         }  # fmt: skip
@@ -520,8 +603,7 @@ class SegmentWidget(Container):
             self.status.value = "teaching cancelled"
             return
         self.taught = taught
-        if taught.name not in self.model.choices:
-            self.model.choices = (*self.model.choices, taught.name)
+        self.model.reset_choices()
         self.model.value = taught.name
         self.status.value = f"taught '{taught.prompt}': {taught.summary()}"
         self._schedule_preview()

@@ -4,6 +4,8 @@ uncertain region, then run on the whole image, resume and overwrite."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -360,3 +362,84 @@ def test_a_bundle_runs_with_its_own_window_and_overlap_unless_the_user_sets_them
                     timeout=120_000)  # fmt: skip
     assert widget.last_result.metadata["roi_size"] == [48, 48, 48]  # padded, as MONAI does
     assert widget.last_result.metadata["overlap"] == 0.25
+
+
+def test_click_points_then_teach(qtbot, loop):
+    """Points instead of strokes: a click marks a small disk of the concept, X switches to
+    marking what it is not; Teach learns from the clicks alone."""
+    from scipy import ndimage as ndi
+
+    from napari_llmseg.training.teach import POINT_RADIUS, points_to_corrections
+
+    viewer, widget, layer, vol = loop
+    smooth = ndi.gaussian_filter(vol.astype(np.float32), (0, 1.5, 1.5))
+    truth = smooth > np.percentile(smooth, 90)
+    widget.prompts.value = "bright blobs"
+    widget.points_button.changed.emit(True)
+    points = viewer.layers["correction points"]
+    assert viewer.layers.selection.active is points and points.mode == "add"
+    assert tuple(points.scale) == tuple(layer.scale) and tuple(points.units) == tuple(layer.units)
+    assert any(str(key).lower() == "x" for key in points.keymap)  # the key that switches
+    # concept: the centres of the ten largest blobs of plane 5; not: far from any blob
+    lab, n = ndi.label(truth[5])
+    sizes = ndi.sum(truth[5], lab, range(1, n + 1))
+    inside = ndi.distance_transform_edt(truth[5])
+    centres = [np.unravel_index(np.argmax(np.where(lab == i + 1, inside, 0)), lab.shape)
+               for i in np.argsort(sizes)[::-1][:10]]  # fmt: skip
+    far = np.argwhere(ndi.distance_transform_edt(~truth[5]) > 12)
+    background = far[np.random.default_rng(0).choice(len(far), 16, replace=False)]
+    points.add([[5, y, x] for y, x in centres])
+    assert widget.toggle_point_kind() == "not concept"
+    assert "a click marks: not concept" in widget.status.value
+    points.add([[5, y, x] for y, x in background])
+    kinds = list(points.features["correction"])
+    assert kinds == ["concept"] * 10 + ["not concept"] * 16
+    assert np.allclose(points.face_color[0, :3], (0.1, 0.9, 0.2))
+    assert np.allclose(points.face_color[-1, :3], (0.95, 0.2, 0.8))
+    expected = points_to_corrections(points.data, kinds, vol.shape)
+    widget.teach_button.changed.emit(True)
+    qtbot.waitUntil(lambda: "taught 'bright blobs'" in widget.status.value, timeout=120_000)
+    record = widget.taught.record
+    assert record["planes"] == [5]
+    assert record["concept_pixels"] == int((expected == 1).sum()) > 10 * POINT_RADIUS**2
+    assert record["other_pixels"] == int((expected == 2).sum())
+    assert "corrections" not in [lyr.name for lyr in viewer.layers]  # points alone suffice
+    assert widget.model.value == "bright blobs (taught)", widget.model.value
+    viewer.dims.set_current_step(0, 9)
+    widget.preview_checkbox.value = True
+
+    def seen_against_truth(after=None):
+        shown = _wait_preview(qtbot, widget, after)
+        assert shown.view.plane == 9
+        (r0, r1), (c0, c1) = shown.view.rows, shown.view.cols
+        seen = viewer.layers["bright blobs preview"].data[0] > 0
+        t = truth[9, r0:r1, c0:c1]
+        return shown, seen, t, r0, c0, 2 * (seen & t).sum() / (seen.sum() + t.sum())
+
+    _, seen, t, r0, c0, first = seen_against_truth()
+    # adding the preview layer resets the widget's choices: the taught model stays chosen
+    assert widget.model.value == "bright blobs (taught)", widget.model.value
+    assert 0.3 < first < 0.9, first  # centre clicks alone: the whole nuclei, not the blobs
+    # round two: click where the preview is wrong on plane 9 (well inside the errors)
+    wrong = ndi.distance_transform_edt(seen & ~t) > 3
+    missed = ndi.distance_transform_edt(t & ~seen) > 2
+    pick = np.random.default_rng(1)
+    fp = np.argwhere(wrong)[pick.choice(int(wrong.sum()), 12, replace=False)]
+    points.add([[9, y + r0, x + c0] for y, x in fp])  # still marking "not concept"
+    if missed.any():
+        fn = np.argwhere(missed)[
+            pick.choice(int(missed.sum()), min(6, int(missed.sum())), replace=False)
+        ]
+        assert widget.toggle_point_kind() == "concept"
+        points.add([[9, y + r0, x + c0] for y, x in fn])
+    widget.teach_button.changed.emit(True)
+    qtbot.waitUntil(lambda: widget._busy is None and widget.taught.record["rounds"] == 2,
+                    timeout=120_000)  # fmt: skip
+    assert widget.taught.record["planes"] == [5, 9]
+    # the first preview after teaching (one started during it, with the last model, may end
+    # just before)
+    _, seen, t, *_, second = seen_against_truth(after=widget.last_preview)
+    assert widget.model.value == "bright blobs (taught)"
+    if os.environ.get("LLMSEG_SCREENSHOTS"):
+        viewer.screenshot(os.environ["LLMSEG_SCREENSHOTS"] + "/points.png", canvas_only=False)
+    assert second > first + 0.1, (first, second)  # measured: 0.47 -> 0.63

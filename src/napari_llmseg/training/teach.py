@@ -38,7 +38,10 @@ from ..backends.taught import (
     TaughtModel,
 )
 
-__all__ = ["TeachOptions", "TeachStep", "Teacher", "iter_teach", "teach"]
+__all__ = ["TeachOptions", "TeachStep", "Teacher", "iter_teach", "points_to_corrections", "teach"]
+
+#: Radius in pixels of the disk a clicked point marks on its plane.
+POINT_RADIUS = 3
 
 
 @dataclass(frozen=True)
@@ -527,3 +530,63 @@ def labels_to_corrections(labels: np.ndarray, planes: Sequence[int] | None = Non
     for z in chosen:
         out[z] = np.where(vol[z] > 0, CONCEPT, NOT_CONCEPT)
     return out if labels.ndim == 3 else out[0]
+
+
+def points_to_corrections(
+    points: Any,
+    kinds: Any,
+    shape: Sequence[int],
+    *,
+    radius: int = POINT_RADIUS,
+    corrections: Any = None,
+) -> np.ndarray:
+    """Clicked points as corrections: a disk of ``radius`` pixels on the point's plane, 1 (the
+    concept) or 2 (not the concept) as ``kinds`` says, over ``corrections`` (a copy; zeros when
+    None). A point marks its plane only: clicks are 2D, as strokes are.
+
+    Parameters
+    ----------
+    points : array-like, (N, len(shape))
+        Pixel coordinates (a napari Points layer's ``data`` when it has the image's scale and
+        translation), (Z, Y, X) or (Y, X).
+    kinds : array-like of int or str, (N,)
+        1 or "concept", 2 or "not concept" for each point.
+    shape : sequence of int
+        The image's spatial shape.
+    """
+    shape = tuple(int(n) for n in shape)
+    pts = np.asarray(points, dtype=float) if len(points) else None
+    if pts is not None and (pts.ndim != 2 or pts.shape[1] != len(shape)):
+        raise ValueError(
+            f"points must be (N, {len(shape)}) coordinates for an image of shape {shape}, "
+            f"got an array of shape {pts.shape}"
+        )
+    names = {"concept": CONCEPT, "not concept": NOT_CONCEPT, CONCEPT: CONCEPT,
+             NOT_CONCEPT: NOT_CONCEPT}  # fmt: skip
+    values = []
+    for k in list(kinds):
+        key = k.item() if isinstance(k, np.generic) else k
+        if key not in names:
+            raise ValueError(f"point kind {k!r} is not 1 / 'concept' or 2 / 'not concept'")
+        values.append(names[key])
+    n = 0 if pts is None else len(pts)
+    if len(values) != n:
+        raise ValueError(f"got {n} points but {len(values)} kinds")
+    out = np.zeros(shape, np.uint8) if corrections is None else np.array(corrections, np.uint8)
+    if out.shape != shape:
+        raise ValueError(f"corrections have shape {out.shape}, the image's shape is {shape}")
+    if pts is None:
+        return out
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = yy**2 + xx**2 <= r * r
+    for p, value in zip(np.rint(pts).astype(int), values, strict=True):
+        if np.any(p < 0) or np.any(p >= shape):
+            raise ValueError(f"point {tuple(p.tolist())} is outside the image of shape {shape}")
+        *lead, y, x = p
+        plane = out[tuple(lead)] if lead else out
+        y0, y1 = max(0, y - r), min(plane.shape[0], y + r + 1)
+        x0, x1 = max(0, x - r), min(plane.shape[1], x + r + 1)
+        d = disk[y0 - y + r : y1 - y + r, x0 - x + r : x1 - x + r]
+        plane[y0:y1, x0:x1][d] = value
+    return out

@@ -143,6 +143,25 @@ def test_a_3d_model_previews_a_plane_with_the_planes_around_it():
     assert window_depth(_depth_mean, vol.shape[1:], roi) is None  # a 2D image
 
 
+def test_a_3d_model_scans_for_uncertainty_over_evenly_strided_neighbouring_planes():
+    """The scan feeds a 3D model every k-th plane as one volume (neighbours at k times the
+    spacing), not a stack of planes spread unevenly; what it finds is that run's most
+    uncertain plane and region, in full-resolution coordinates."""
+    rng = np.random.default_rng(3)
+    vol = rng.random((40, 64, 64)).astype(np.float32)
+    vol[20:24] = 0.5 + 0.02 * (vol[20:24] - 0.5)  # planes where every logit is near 0
+    roi = (8, 32, 32)
+    stats = image_stats(vol)
+    found = scan_uncertainty(ImageSource(vol), ["x"], model=_depth_mean, stats=stats,
+                             max_edge=32, max_planes=10, roi_size=roi)  # fmt: skip
+    coarse = segment(vol[::4, ::2, ::2], "x", model=_depth_mean, roi_size=roi, stats=stats,
+                     probabilities="float32")  # fmt: skip
+    expected = most_uncertain(np.asarray(coarse.probabilities), stride=2)
+    assert found.plane == 4 * expected.plane and found.plane in (20,)
+    assert (found.rows, found.cols) == (expected.rows, expected.cols)
+    assert found.entropy == pytest.approx(expected.entropy, rel=1e-6)
+
+
 def test_a_slab_is_centred_on_the_plane_and_shifted_at_the_ends():
     vol = np.arange(10 * 6 * 6, dtype=np.float32).reshape(10, 6, 6)
     slab, stride, first = view_slab(ImageSource(vol), View(5, (0, 6), (0, 6)), 4)
@@ -172,6 +191,10 @@ def test_slab_metadata_scales_the_strided_axes_and_moves_the_affine():
     for ijk in [(0, 0, 0), (3, 1, 2)]:
         volume = (20 + 2 * ijk[0], 10 + 2 * ijk[1], 4 + ijk[2], 1)
         np.testing.assert_allclose(a @ (*ijk, 1), affine @ volume)
+    # strided along Z too (the uncertainty scan of a 3D model): every 3rd plane
+    out = slab_metadata(meta, 2, (0, 0, 0), z_stride=3)
+    assert out["scale"] == [6.0, 1.5, 1.5]
+    np.testing.assert_allclose(np.asarray(out["affine"]) @ (1, 2, 5, 1), affine @ (2, 4, 15, 1))
     assert slab_metadata(None, 2, (0, 0, 0)) == {}
     with pytest.raises(ValueError, match=r"affine must be 4 x 4, got shape \(3, 3\)"):
         slab_metadata({"affine": np.eye(3).tolist()}, 1, (0, 0, 0))

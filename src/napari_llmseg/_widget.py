@@ -97,7 +97,8 @@ class SegmentWidget(Container):
     uncertainty), ``split``, ``min_size``, ``fill_holes``, ``smooth``, ``save_to``,
     ``resume_checkbox``, ``overwrite_checkbox``, ``run_button``, ``cancel_button``,
     ``status``, ``measurements``, ``csv_path``, ``export_button`` and ``report_button``.
-    ``last_result`` is the last full run's result, ``taught`` the model taught last.
+    ``last_result`` is the last full run's result, ``taught`` the model taught last,
+    ``last_preview`` the last preview and ``last_uncertain`` where *Most uncertain* went.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -215,6 +216,7 @@ class SegmentWidget(Container):
         self._report: Path | None = None
         self.last_result: Any = None
         self.last_preview: Any = None
+        self.last_uncertain: Any = None  # where Most uncertain went last
         self._on_model_changed()
 
     # --- model ----------------------------------------------------------------------------
@@ -641,7 +643,8 @@ class SegmentWidget(Container):
         backend = self._backend(request["model"], request["device"])
         source = ImageSource(base, -1 if layer.rgb else None)
         return scan_uncertainty(source, request["prompts"], model=backend,
-                                stats=self._image_stats(layer, backend))  # fmt: skip
+                                stats=self._image_stats(layer, backend),
+                                metadata=_physical(layer, 0))  # fmt: skip
 
     def _go_to(self, where: Any) -> None:
         layer = self.image_layer.value
@@ -657,6 +660,7 @@ class SegmentWidget(Container):
         edge = (where.rows[1] - where.rows[0]) * float(layer.scale[-1])
         canvas = min(self._viewer.window._qt_viewer.canvas.size)
         _camera(self._viewer).zoom = canvas / max(edge * 1.5, 1e-9)
+        self.last_uncertain = where
         plane = f"plane {where.plane}, " if where.plane is not None else ""
         self.status.value = (
             f"most uncertain: {plane}rows {where.rows[0]}-{where.rows[1]}, columns "

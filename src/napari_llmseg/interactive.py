@@ -176,14 +176,17 @@ def window_depth(
     return int(window_shape(roi, tuple(shape), backend)[0])
 
 
-def slab_metadata(metadata: dict | None, stride: int, origin: tuple[int, int, int]) -> dict:
+def slab_metadata(
+    metadata: dict | None, stride: int, origin: tuple[int, int, int], *, z_stride: int = 1
+) -> dict:
     """A volume's physical metadata for a slab of it that starts at voxel ``origin``
-    (Z, Y, X) and is strided by ``stride`` along Y and X.
+    (Z, Y, X) and is strided by ``stride`` along Y and X (and ``z_stride`` along Z).
 
-    ``scale`` (Z, Y, X) gets Y and X multiplied by ``stride``; the 4 x 4 ``affine`` (NIfTI
-    convention: columns i, j, k = X, Y, Z) gets its X and Y columns multiplied and its origin
-    moved to the slab's first voxel. ``units``, ``axes`` and ``modality`` are kept; other keys
-    (which describe the whole volume: its spacing, translate, shape) are left out.
+    ``scale`` (Z, Y, X) gets Y and X multiplied by ``stride``, Z by ``z_stride``; the 4 x 4
+    ``affine`` (NIfTI convention: columns i, j, k = X, Y, Z) gets its columns multiplied alike
+    and its origin moved to the slab's first voxel. ``units``, ``axes`` and ``modality`` are
+    kept; other keys (which describe the whole volume: its spacing, translate, shape) are left
+    out.
     """
     if not metadata:
         return {}
@@ -193,14 +196,14 @@ def slab_metadata(metadata: dict | None, stride: int, origin: tuple[int, int, in
         if len(scale) != 3:
             raise ValueError(f"metadata scale must have 3 entries (Z, Y, X), got {scale!r}")
         z, y, x = (float(s) for s in scale)
-        out["scale"] = [z, y * stride, x * stride]
+        out["scale"] = [z * z_stride, y * stride, x * stride]
     affine = metadata.get("affine")
     if affine is not None:
         a = np.asarray(affine, dtype=np.float64)
         if a.shape != (4, 4):
             raise ValueError(f"metadata affine must be 4 x 4, got shape {a.shape}")
         z0, y0, x0 = origin
-        to_volume = np.array([[stride, 0, 0, x0], [0, stride, 0, y0], [0, 0, 1, z0],
+        to_volume = np.array([[stride, 0, 0, x0], [0, stride, 0, y0], [0, 0, z_stride, z0],
                               [0, 0, 0, 1]], dtype=np.float64)  # fmt: skip
         out["affine"] = (a @ to_volume).tolist()
     return out
@@ -358,23 +361,35 @@ def scan_uncertainty(
     stats: IntensityStats,
     max_edge: int = 256,
     max_planes: int = 64,
+    metadata: dict | None = None,
     **options: Any,
 ) -> Uncertain:
     """Where the model is least sure over the whole image, found quickly: every plane (up to
     ``max_planes``, evenly spread) strided down to ``max_edge`` pixels and segmented in one
-    run, then :func:`most_uncertain`. Coordinates are full-resolution pixels."""
+    run, then :func:`most_uncertain`. Coordinates are full-resolution pixels.
+
+    A model with 3D windows (:func:`window_depth`) needs planes that are neighbours at a known
+    spacing: it gets every k-th plane (k the smallest that keeps ``max_planes`` at most) as
+    one volume, with ``metadata`` (the image's voxel size, units, affine) strided alike, so
+    that a MONAI bundle resamples that coarse volume to its own spacing."""
 
     shape = source.spatial_shape
     height, width = shape[-2:]
     stride = max(1, math.ceil(max(height, width) / max_edge))
     rows, cols = slice(0, height, stride), slice(0, width, stride)
-    if len(shape) == 3:
+    meta = None
+    if len(shape) == 3 and window_depth(model, shape, options.get("roi_size"), metadata):
+        step = max(1, math.ceil(shape[0] / max_planes))
+        planes = list(range(0, shape[0], step))
+        stack = source.read((slice(0, shape[0], step), rows, cols))
+        meta = slab_metadata(metadata, stride, (0, 0, 0), z_stride=step)
+    elif len(shape) == 3:
         planes = sorted({int(z) for z in np.linspace(0, shape[0] - 1, min(shape[0], max_planes))})
         stack = np.stack([source.read((slice(z, z + 1), rows, cols))[0] for z in planes])
     else:
         planes = [0]
         stack = source.read((rows, cols))
-    result = _segment_pixels(stack, prompts, model, stats, **options)
+    result = _segment_pixels(stack, prompts, model, stats, metadata=meta, **options)
     probabilities = np.asarray(result.probabilities)
     found = most_uncertain(probabilities, stride=stride)
     if len(shape) == 3:

@@ -261,6 +261,22 @@ def test_a_bundle_previews_and_runs_with_the_volume_s_voxel_size_and_orientation
     assert given["units"] == ["mm"] * 3 and given["scale"] == [2.0, 0.75, 0.75]
     np.testing.assert_allclose(given["affine"], affine)
     np.testing.assert_array_equal(np.asarray(viewer.layers["ct labels"].data), full.labels)
+    # most uncertain: the bundle scans a coarse volume of neighbouring planes, with its voxel
+    # size (no "no voxel size" warning below) and takes the viewer there
+    widget.most_uncertain_button.changed.emit(True)
+    qtbot.waitUntil(lambda: "most uncertain:" in widget.status.value, timeout=120_000)
+    assert f"plane {int(viewer.dims.current_step[0])}," in widget.status.value
+    from napari_llmseg._widget import _physical
+    from napari_llmseg.interactive import scan_uncertainty
+    from napari_llmseg.io.source import ImageSource
+
+    backend = widget._backend(str(folder), "auto")
+    kw = dict(model=backend, stats=widget._image_stats(layer, backend))
+    found = scan_uncertainty(ImageSource(layer.data), ["liver", "kidneys"], **kw,
+                             metadata=_physical(layer))  # fmt: skip
+    blind = scan_uncertainty(ImageSource(layer.data), ["liver", "kidneys"], **kw)
+    assert widget.last_uncertain == found
+    assert blind.entropy != pytest.approx(found.entropy, rel=1e-5)  # the voxel size matters
     notes += [str(w.message) for w in recwarn]
     assert not [n for n in notes if "no voxel size in mm" in n], notes
 

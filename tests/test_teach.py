@@ -14,7 +14,12 @@ from napari_llmseg.backends.registry import get_model
 from napari_llmseg.backends.taught import FeatureConfig, filter_bank
 from napari_llmseg.cli import main
 from napari_llmseg.training.folders import MARKER
-from napari_llmseg.training.teach import iter_teach, labels_to_corrections, points_to_corrections
+from napari_llmseg.training.teach import (
+    PlaneCorrections,
+    iter_teach,
+    labels_to_corrections,
+    points_to_corrections,
+)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -283,3 +288,32 @@ def test_bad_points_are_named(points, kinds, message):
     with pytest.raises(ValueError) as err:
         points_to_corrections(points, kinds, (2, 8, 8))
     assert message in str(err.value)
+
+
+def test_corrections_held_plane_by_plane_teach_the_same_model(rng):
+    """PlaneCorrections (what the widget gives for a large volume: only painted planes held)
+    teach exactly what the same corrections as one array teach, reading only those planes."""
+    image = rng.random((6, 48, 48)).astype(np.float32)
+    dense = np.zeros(image.shape, np.uint8)
+    dense[1, 10:20, 10:20], dense[1, 30:40, 30:40] = 1, 2
+    dense[4, 5:15, 30:40], dense[4, 0:5, :] = 1, 2
+    sparse = PlaneCorrections(image.shape, {1: dense[1], 4: dense[4], 2: np.zeros((48, 48))})
+    assert sparse.painted_planes() == [1, 4] and sparse[0].sum() == 0 and sparse[-2] is sparse[4]
+    a, b = teach(image, dense, "thing"), teach(image, sparse, "thing")
+    assert a.record["planes"] == b.record["planes"] == [1, 4]
+    assert a.record["concept_pixels"] == b.record["concept_pixels"] == 200
+    for name, value in a.classifier.arrays.items():
+        np.testing.assert_array_equal(value, b.classifier.arrays[name])
+    # clicked points drawn over them: the same as over the dense array, on a copy
+    drawn = points_to_corrections([[3, 24, 24]], [2], image.shape, corrections=sparse)
+    assert isinstance(drawn, PlaneCorrections) and sparse.painted_planes() == [1, 4]
+    assert drawn.painted_planes() == [1, 3, 4]
+    expected = points_to_corrections([[3, 24, 24]], [2], image.shape, corrections=dense)
+    for z in range(6):
+        np.testing.assert_array_equal(drawn[z], expected[z])
+    with pytest.raises(ValueError, match=r"plane 9 of shape \(48, 48\) does not fit"):
+        PlaneCorrections(image.shape, {9: dense[1]})
+    with pytest.raises(ValueError, match=r"for volumes \(Z, Y, X\), got shape \(48, 48\)"):
+        PlaneCorrections((48, 48))
+    with pytest.raises(TypeError, match="read a plane at a time, got index"):
+        sparse[1:3]

@@ -59,6 +59,11 @@ CORRECTIONS = "corrections"
 #: Corrections: 1 = this is the concept (green), 2 = it is not (magenta).
 CORRECTION_COLORS = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.9, 0.2, 1.0),
                      2: (0.95, 0.2, 0.8, 1.0)}  # fmt: skip
+#: Voxels beyond which a volume's corrections layer is held plane by plane (a zarr array in
+#: memory, chunks of one plane's tiles, stored only where painted) instead of one numpy array:
+#: a 2000 x 4096 x 4096 stack would need 33 GB for corrections nobody paints most of.
+CORRECTIONS_IN_MEMORY = 2**27
+CORRECTION_TILE = 1024
 #: Name of the points layer the user clicks corrections on (each point: a small disk).
 CORRECTION_POINTS = "correction points"
 POINT_KINDS = ("concept", "not concept")
@@ -217,6 +222,7 @@ class SegmentWidget(Container):
         self.last_result: Any = None
         self.last_preview: Any = None
         self.last_uncertain: Any = None  # where Most uncertain went last
+        self._correction_chunks: tuple[Any, dict] | None = None  # a plane-wise layer's
         self._on_model_changed()
 
     # --- model ----------------------------------------------------------------------------
@@ -478,9 +484,13 @@ class SegmentWidget(Container):
             return None
         image = self.image_layer.value
         base = _full_resolution(image)
-        shape = base.shape[:-1] if image.rgb else base.shape
+        shape = tuple(int(n) for n in (base.shape[:-1] if image.rgb else base.shape))
+        data: Any = np.zeros(shape, np.uint8)
+        if _plane_wise(shape):
+            self._correction_chunks = _lazy_planes(shape)
+            data = self._correction_chunks[0]
         layer = self._viewer.add_labels(
-            np.zeros(shape, np.uint8), name=CORRECTIONS, scale=image.scale[-len(shape):],
+            data, name=CORRECTIONS, scale=image.scale[-len(shape):],
             translate=image.translate[-len(shape):], opacity=0.8, colormap=CORRECTION_COLORS,
             units=_units(image, len(shape)),
             features={"index": [0, 1, 2], "correction": ["unknown", "concept", "not concept"]},
@@ -536,15 +546,19 @@ class SegmentWidget(Container):
         self.status.value = f"a click marks: {kind}"
         return kind
 
-    def _corrections_snapshot(self, shape: tuple[int, ...]) -> np.ndarray | None:
+    def _corrections_snapshot(self, shape: tuple[int, ...]) -> Any:
         """The painted corrections with the clicked points drawn in (a copy: the user may go
         on painting while the worker teaches), or None when there are neither."""
-        from .training.teach import points_to_corrections
+        from .training.teach import PlaneCorrections, points_to_corrections
 
         labels, points = self._corrections_layer(), self._points_layer()
         if labels is None and (points is None or not len(points.data)):
             return None
-        out = np.array(labels.data, np.uint8) if labels is not None else None
+        out: Any = None
+        if labels is not None:
+            out = _painted_planes(labels.data, shape, self._correction_chunks)
+        elif _plane_wise(shape):
+            out = PlaneCorrections(shape)
         if points is not None and len(points.data):
             kinds = [str(k) for k in points.features["correction"]]
             out = points_to_corrections(points.data, kinds, shape, corrections=out)
@@ -567,7 +581,7 @@ class SegmentWidget(Container):
         except ValueError as err:
             _error(str(err))
             return
-        if corrections is None or not np.any(corrections == 1):
+        if corrections is None or not _has_concept(corrections):
             _error("paint or click some pixels of the concept (1, green) first")
             return
         self._cancel = threading.Event()
@@ -1057,3 +1071,47 @@ def uncertainty(probabilities: Any) -> Any:
 
 
 __all__ = ["SegmentWidget", "uncertainty"]
+
+
+def _plane_wise(shape: tuple[int, ...]) -> bool:
+    """Whether corrections of this shape are held plane by plane (see CORRECTIONS_IN_MEMORY)."""
+    return len(shape) == 3 and int(np.prod(shape, dtype=np.int64)) > CORRECTIONS_IN_MEMORY
+
+
+def _lazy_planes(shape: tuple[int, ...]) -> tuple[Any, dict]:
+    """A zeros zarr array in memory that stores only the chunks painted (napari's Labels paint
+    into it as into numpy), chunked one plane deep, and the dict its store keeps them in (so
+    that the painted planes are found from the chunk keys, ``c/<z>/<y>/<x>``)."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    tile = min(CORRECTION_TILE, max(shape[1:]))
+    chunks: dict = {}
+    array = zarr.create_array(
+        MemoryStore(store_dict=chunks), shape=shape, chunks=(1, tile, tile), dtype="uint8",
+        fill_value=0, compressors=None, chunk_key_encoding={"name": "default", "separator": "/"},
+    )  # fmt: skip
+    return array, chunks
+
+
+def _painted_planes(data: Any, shape: tuple[int, ...], ours: tuple[Any, dict] | None) -> Any:
+    """A copy of the corrections layer's data for Teach: the whole array when it is small, or
+    a PlaneCorrections of the planes that hold a stored chunk when it is the volume's array
+    from :func:`_lazy_planes` (``ours``: it and its chunk dict)."""
+    from .training.teach import PlaneCorrections
+
+    if not _plane_wise(shape):
+        return np.array(data, np.uint8)
+    if ours is None or data is not ours[0]:  # another array put there: read every plane
+        planes: Any = range(shape[0])
+    else:
+        planes = sorted({int(k.split("/")[1]) for k in list(ours[1]) if k.startswith("c/")})
+    stored = {z: np.array(data[z], np.uint8) for z in planes}
+    return PlaneCorrections(shape, {z: p for z, p in stored.items() if p.any()})
+
+
+def _has_concept(corrections: Any) -> bool:
+    planes = getattr(corrections, "planes", None)
+    if planes is not None:
+        return any(bool(np.any(p == 1)) for p in planes.values())
+    return bool(np.any(np.asarray(corrections) == 1))

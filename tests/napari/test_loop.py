@@ -459,3 +459,51 @@ def test_click_points_then_teach(qtbot, loop):
     if os.environ.get("LLMSEG_SCREENSHOTS"):
         viewer.screenshot(os.environ["LLMSEG_SCREENSHOTS"] + "/points.png", canvas_only=False)
     assert second > first + 0.1, (first, second)  # measured: 0.47 -> 0.63
+
+
+def test_a_large_volume_gets_corrections_held_plane_by_plane(qtbot, make_napari_viewer):
+    """A volume too large for one array of corrections (300 x 1024 x 1024 here; a 50 GB stack
+    in practice): the corrections layer stores only the planes painted, and Teach reads those
+    (and the planes clicked) alone."""
+    import dask.array as da
+
+    from napari_llmseg._widget import CORRECTIONS_IN_MEMORY
+
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="llmseg")
+    plane = np.tile(tifffile.imread(ROOT / "sample_data" / "nuclei.tif")[30], (4, 4))[:1024, :1024]
+    shape = (300, 1024, 1024)
+    assert np.prod(shape) > CORRECTIONS_IN_MEMORY
+    layer = viewer.add_image(da.broadcast_to(da.from_array(plane), shape), name="stack")
+    widget.reset_choices()
+    widget.image_layer.value = layer
+    widget.prompts.value = "bright blobs"
+    widget.corrections_button.changed.emit(True)
+    corrections = viewer.layers["corrections"]
+    assert corrections.data.shape == shape and not isinstance(corrections.data, np.ndarray)
+    corrections.brush_size = 15
+    corrections.paint((150, 300, 300), 1)
+    corrections.paint((150, 700, 700), 2)
+    corrections.paint((151, 500, 500), 2)
+    corrections.paint((151, 500, 500), 0)  # erased again: nothing left on plane 151
+    chunks = widget._correction_chunks[1]
+    # a tile painted back to 0 is dropped (zarr stores no chunk that is all fill value)
+    assert {int(k.split("/")[1]) for k in chunks if k.startswith("c/")} == {150}
+    stored = sum(len(v.to_bytes()) for k, v in chunks.items() if k.startswith("c/"))
+    assert stored <= 1024 * 1024  # the painted tiles of one plane, not 300 MB
+    painted = np.asarray(corrections.data[150])
+    widget.points_button.changed.emit(True)
+    widget.toggle_point_kind()
+    viewer.layers["correction points"].add([[40, 100, 100]])  # not the concept, on plane 40
+    widget.teach_button.changed.emit(True)
+    qtbot.waitUntil(lambda: "taught 'bright blobs'" in widget.status.value, timeout=120_000)
+    record = widget.taught.record
+    assert record["planes"] == [40, 150]
+    assert record["concept_pixels"] == int((painted == 1).sum()) > 100
+    assert record["other_pixels"] == int((painted == 2).sum()) + 29  # the click: 29 pixels
+    # the taught model knows the prompt: the warning under the prompts goes
+    qtbot.waitUntil(lambda: "far from" not in widget.prompt_notes.value, timeout=10_000)
+    if os.environ.get("LLMSEG_SCREENSHOTS"):
+        viewer.dims.set_current_step(0, 150)
+        viewer.screenshot(os.environ["LLMSEG_SCREENSHOTS"] + "/large.png", canvas_only=False)

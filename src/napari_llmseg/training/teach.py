@@ -38,7 +38,15 @@ from ..backends.taught import (
     TaughtModel,
 )
 
-__all__ = ["TeachOptions", "TeachStep", "Teacher", "iter_teach", "points_to_corrections", "teach"]
+__all__ = [
+    "PlaneCorrections",
+    "TeachOptions",
+    "TeachStep",
+    "Teacher",
+    "iter_teach",
+    "points_to_corrections",
+    "teach",
+]
 
 #: Radius in pixels of the disk a clicked point marks on its plane.
 POINT_RADIUS = 3
@@ -323,11 +331,60 @@ class Teacher:
         return self.model
 
 
+class PlaneCorrections:
+    """Corrections of a volume held plane by plane: only the planes painted take memory.
+
+    What the widget gives :func:`teach` for a volume too large for one array of corrections
+    (a 2000 x 4096 x 4096 stack would need 33 GB): ``shape`` (Z, Y, X), ``dtype`` uint8, and
+    ``planes`` mapping a Z index to its (Y, X) corrections. ``corrections[z]`` is that plane
+    (zeros when not painted); :meth:`painted_planes` lists the planes worth reading.
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, shape: Sequence[int], planes: dict[int, np.ndarray] | None = None):
+        self.shape = tuple(int(n) for n in shape)
+        if len(self.shape) != 3:
+            raise ValueError(f"PlaneCorrections are for volumes (Z, Y, X), got shape {shape}")
+        self.planes: dict[int, np.ndarray] = {}
+        for z, plane in (planes or {}).items():
+            plane = np.asarray(plane)
+            if not 0 <= int(z) < self.shape[0] or plane.shape != self.shape[1:]:
+                raise ValueError(
+                    f"plane {z} of shape {plane.shape} does not fit corrections of shape "
+                    f"{self.shape}"
+                )
+            self.planes[int(z)] = plane.astype(np.uint8, copy=False)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __getitem__(self, z: Any) -> np.ndarray:
+        if not isinstance(z, (int, np.integer)):
+            raise TypeError(f"PlaneCorrections are read a plane at a time, got index {z!r}")
+        if not -self.shape[0] <= int(z) < self.shape[0]:
+            raise IndexError(f"plane {z} is outside {self.shape[0]} planes")
+        plane = self.planes.get(int(z) % self.shape[0])
+        return plane if plane is not None else np.zeros(self.shape[1:], np.uint8)
+
+    def plane(self, z: int) -> np.ndarray:
+        """Plane ``z``, stored (and so writable) from now on."""
+        return self.planes.setdefault(int(z), np.zeros(self.shape[1:], np.uint8))
+
+    def painted_planes(self) -> list[int]:
+        return sorted(z for z, plane in self.planes.items() if plane.any())
+
+    def copy(self) -> PlaneCorrections:
+        return PlaneCorrections(self.shape, {z: p.copy() for z, p in self.planes.items()})
+
+
 def _painted(corrections: Any) -> tuple[list[int], set[int]]:
     """Planes (Z, H, W) that hold a painted pixel, and the values painted, checking them."""
     planes: list[int] = []
     values: set[int] = set()
-    for z in range(corrections.shape[0]):
+    candidates = getattr(corrections, "painted_planes", None)
+    for z in candidates() if candidates is not None else range(corrections.shape[0]):
         labels = np.asarray(corrections[z])
         if labels.any():
             found = np.unique(labels)
@@ -542,7 +599,8 @@ def points_to_corrections(
 ) -> np.ndarray:
     """Clicked points as corrections: a disk of ``radius`` pixels on the point's plane, 1 (the
     concept) or 2 (not the concept) as ``kinds`` says, over ``corrections`` (a copy; zeros when
-    None). A point marks its plane only: clicks are 2D, as strokes are.
+    None; a :class:`PlaneCorrections` when one is given). A point marks its plane only: clicks
+    are 2D, as strokes are.
 
     Parameters
     ----------
@@ -572,7 +630,12 @@ def points_to_corrections(
     n = 0 if pts is None else len(pts)
     if len(values) != n:
         raise ValueError(f"got {n} points but {len(values)} kinds")
-    out = np.zeros(shape, np.uint8) if corrections is None else np.array(corrections, np.uint8)
+    sparse = isinstance(corrections, PlaneCorrections)
+    out: Any
+    if sparse:
+        out = corrections.copy()
+    else:
+        out = np.zeros(shape, np.uint8) if corrections is None else np.array(corrections, np.uint8)
     if out.shape != shape:
         raise ValueError(f"corrections have shape {out.shape}, the image's shape is {shape}")
     if pts is None:
@@ -584,7 +647,7 @@ def points_to_corrections(
         if np.any(p < 0) or np.any(p >= shape):
             raise ValueError(f"point {tuple(p.tolist())} is outside the image of shape {shape}")
         *lead, y, x = p
-        plane = out[tuple(lead)] if lead else out
+        plane = out.plane(lead[0]) if sparse else (out[tuple(lead)] if lead else out)
         y0, y1 = max(0, y - r), min(plane.shape[0], y + r + 1)
         x0, x1 = max(0, x - r), min(plane.shape[1], x + r + 1)
         d = disk[y0 - y + r : y1 - y + r, x0 - x + r : x1 - x + r]

@@ -97,9 +97,8 @@ class SegmentWidget(Container):
     ``prompts`` (one prompt per line), ``model``, ``model_folder``, ``knows`` (what the model
     knows) and ``prompt_notes`` (prompts far from it), ``preview_checkbox``,
     ``corrections_button``, ``points_button``, ``teach_button``, ``most_uncertain_button``,
-    ``roi_size``,
-    ``overlap``, ``threshold``, ``device``, ``output`` (labels, instances, probabilities,
-    uncertainty), ``split``, ``min_size``, ``fill_holes``, ``smooth``, ``save_to``,
+    ``roi_size``, ``overlap``, ``threshold``, ``device``, ``output`` (labels, instances,
+    probabilities, uncertainty), ``split``, ``min_size``, ``fill_holes``, ``smooth``, ``save_to``,
     ``resume_checkbox``, ``overwrite_checkbox``, ``run_button``, ``cancel_button``,
     ``status``, ``measurements``, ``csv_path``, ``export_button`` and ``report_button``.
     ``last_result`` is the last full run's result, ``taught`` the model taught last,
@@ -474,14 +473,17 @@ class SegmentWidget(Container):
             "any planes; then Teach"
         )
 
+    def _named_layer(self, name: str, kind: type) -> Any:
+        """The viewer's layer called ``name`` if it is a ``kind`` layer, else None."""
+        found = next((lyr for lyr in self._viewer.layers if lyr.name == name), None)
+        return found if isinstance(found, kind) else None
+
     def _corrections_layer(self, create: bool = False) -> Any:
         from napari.layers import Labels
 
-        for lyr in self._viewer.layers:
-            if lyr.name == CORRECTIONS and isinstance(lyr, Labels):
-                return lyr
-        if not create:
-            return None
+        found = self._named_layer(CORRECTIONS, Labels)
+        if found is not None or not create:
+            return found
         image = self.image_layer.value
         base = _full_resolution(image)
         shape = tuple(int(n) for n in (base.shape[:-1] if image.rgb else base.shape))
@@ -516,11 +518,9 @@ class SegmentWidget(Container):
         import pandas as pd
         from napari.layers import Points
 
-        for lyr in self._viewer.layers:
-            if lyr.name == CORRECTION_POINTS and isinstance(lyr, Points):
-                return lyr
-        if not create:
-            return None
+        found = self._named_layer(CORRECTION_POINTS, Points)
+        if found is not None or not create:
+            return found
         image = self.image_layer.value
         ndim = image.ndim - (1 if image.rgb else 0)
         colors = dict(zip(POINT_KINDS, (CORRECTION_COLORS[1], CORRECTION_COLORS[2]), strict=True))
@@ -569,6 +569,8 @@ class SegmentWidget(Container):
         then preview."""
         from napari.qt.threading import create_worker
 
+        from .training.teach import CONCEPT, _painted
+
         layer, prompts = self.image_layer.value, self._prompt_list()
         if layer is None or not prompts:
             _error("choose an image and type the prompt first")
@@ -578,10 +580,16 @@ class SegmentWidget(Container):
         base = _full_resolution(layer)
         try:
             corrections = self._corrections_snapshot(base.shape[:-1] if layer.rgb else base.shape)
+            # teach's own check of the painted values (planes of a volume), here so that a
+            # mistake shows at once
+            planes = (
+                corrections if corrections is None or corrections.ndim == 3 else corrections[None]
+            )
+            painted = set() if planes is None else _painted(planes)[1]
         except ValueError as err:
             _error(str(err))
             return
-        if corrections is None or not _has_concept(corrections):
+        if CONCEPT not in painted:
             _error("paint or click some pixels of the concept (1, green) first")
             return
         self._cancel = threading.Event()
@@ -1108,10 +1116,3 @@ def _painted_planes(data: Any, shape: tuple[int, ...], ours: tuple[Any, dict] | 
         planes = sorted({int(k.split("/")[1]) for k in list(ours[1]) if k.startswith("c/")})
     stored = {z: np.array(data[z], np.uint8) for z in planes}
     return PlaneCorrections(shape, {z: p for z, p in stored.items() if p.any()})
-
-
-def _has_concept(corrections: Any) -> bool:
-    planes = getattr(corrections, "planes", None)
-    if planes is not None:
-        return any(bool(np.any(p == 1)) for p in planes.values())
-    return bool(np.any(np.asarray(corrections) == 1))

@@ -480,7 +480,10 @@ def window_shape(
             f"roi_size {roi_size!r} asks for {dims}D windows, but the image has "
             f"{len(shape)} spatial axes {shape}"
         )
-    roi = resolve_roi(default if roi_size is None else roi_size, shape[len(shape) - dims :])
+    plane = shape[len(shape) - dims :]
+    roi = resolve_roi(default if roi_size is None else roi_size, plane)
+    if roi_size is None and getattr(backend, "window_within_image", False):
+        roi = tuple(max(min(r, s), MIN_ROI) for r, s in zip(roi, plane, strict=True))
     if backend is not None and min(roi) < MIN_ROI:
         raise ValueError(
             f"roi_size {roi_size!r} gives windows of {roi} on an image of shape {shape}; the "

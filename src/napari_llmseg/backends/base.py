@@ -99,6 +99,11 @@ class PromptSegmenter(ABC):
         Most windows the backend runs at once, lowered after a GPU out-of-memory error
         (None: no limit found). The engine reports the batch size in effect as
         ``RunInfo.batch_size_used``.
+    window_within_image : bool
+        True for a model that takes windows of any size (fully convolutional): with no
+        ``roi_size`` given, its default window is then cut to the image's extent instead of
+        the image being padded up to it (MONAI's way, kept for every other model and for an
+        explicit ``roi_size``).
     class_names : dict of int to str, or None
         For a model with fixed classes (a MONAI bundle): its output channels' names; prompts
         are then matched to classes (:mod:`.classes`) and :meth:`predict` returns one channel
@@ -115,6 +120,7 @@ class PromptSegmenter(ABC):
     default_overlap: float | tuple[float, ...] = 0.25
     gives_instances: bool = False
     batch_limit: int | None = None
+    window_within_image: bool = False
     class_names: dict[int, str] | None = None
 
     @abstractmethod

@@ -508,3 +508,30 @@ def test_a_large_volume_gets_corrections_held_plane_by_plane(qtbot, make_napari_
     if os.environ.get("LLMSEG_SCREENSHOTS"):
         viewer.dims.set_current_step(0, 150)
         viewer.screenshot(os.environ["LLMSEG_SCREENSHOTS"] + "/large.png", canvas_only=False)
+
+
+def test_teach_names_a_wrong_painted_value_before_it_starts(qtbot, loop, monkeypatch):
+    """A label the corrections do not use (3, from a labels layer's next colour) or no pixel
+    of the concept: Teach says so at once, in the viewer, and starts no worker."""
+    import napari.utils.notifications as notifications
+
+    viewer, widget, _layer, vol = loop
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", shown.append)
+    widget.prompts.value = "bright blobs"
+    widget.corrections_button.changed.emit(True)
+    corrections = viewer.layers["corrections"]
+    painted = np.zeros(vol.shape, np.uint8)
+    painted[5, 10:20, 10:20] = 1
+    painted[7, 30:40, 30:40] = 3
+    corrections.data = painted
+    widget.teach_button.changed.emit(True)
+    assert widget._busy is None and widget.teach_button.enabled
+    assert len(shown) == 1 and "corrections hold [3] on plane 7" in shown[0], shown
+    assert shown[0].startswith("napari-llmseg: ")
+    painted[7] = 0
+    painted[5] = np.where(painted[5] == 1, 2, 0)  # only "not the concept"
+    corrections.data = painted
+    widget.teach_button.changed.emit(True)
+    assert widget._busy is None and widget.taught is None
+    assert "paint or click some pixels of the concept (1, green) first" in shown[-1], shown
